@@ -1,0 +1,61 @@
+"""The one exception the migration engine raises: MigrationError."""
+
+from __future__ import annotations
+
+
+class MigrationError(Exception):
+    """A migration could not be found, read, checked or applied.
+
+    ``str(error)`` is the whole message, ending with what to do next. The parts are
+    also kept apart for tools (the pytest plugin shows them in its reports):
+
+    - ``migration_file``: the file name (e.g. ``"003_orders.sql"``), or ``None``
+    - ``sql_error``: PostgreSQL's own message, when the server refused the SQL
+    - ``line``: 1-based line within the *file* where PostgreSQL located the error
+    - ``excerpt``: that line (and the one before it) with a caret under the column
+    - ``hint``: what to do next
+
+    Example::
+
+        try:
+            await migrations.apply_migration(migration)
+        except MigrationError as exc:
+            print(exc.migration_file, exc.line)
+            print(exc.excerpt)
+    """
+
+    def __init__(
+        self,
+        message: str,
+        migration_file: str | None = None,
+        version: str | None = None,
+        sql_error: str | None = None,
+        *,
+        line: int | None = None,
+        excerpt: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.message = message
+        self.migration_file = migration_file
+        self.version = version
+        self.sql_error = sql_error
+        self.line = line
+        self.excerpt = excerpt
+        self.hint = hint
+        parts = [message]
+        if excerpt:
+            parts.append(excerpt)
+        if hint:
+            parts.append(hint)
+        super().__init__("\n".join(parts))
+
+    @property
+    def details(self) -> dict[str, object]:
+        """The set attributes as a dict (pgdbm's ``AsyncDBError.details``)."""
+        fields = {
+            "migration_file": self.migration_file,
+            "version": self.version,
+            "sql_error": self.sql_error,
+            "line": self.line,
+        }
+        return {key: value for key, value in fields.items() if value is not None}

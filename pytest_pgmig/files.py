@@ -1,0 +1,207 @@
+"""Discovering, reading, ordering and checksumming migration files (cached, no database)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_pgmig.errors import MigrationError
+from pytest_pgmig.sqltext import ScanError, ScriptPlan, analyze, excerpt, line_of
+
+ACCEPTED_PATTERNS = (
+    "001_name.sql, V1__name.sql, 20251025120000_name.sql (or 20251025_120000_name.sql, "
+    "as create_migration() writes it)"
+)
+_PATTERNS = (
+    re.compile(r"(\d{8})_(\d{6})_.+\.sql"),  # create_migration(): date_time_name
+    re.compile(r"(\d+)_.+\.sql"),  # 001_name, 20251025120000_name
+    re.compile(r"V(\d+)__.+\.sql"),  # Flyway
+)
+_BOM = b"\xef\xbb\xbf"
+# A file modified this recently may change again within the filesystem's timestamp
+# granularity without its size changing, so it is re-read instead of trusted from cache.
+_RACY_NS = 2_000_000_000
+
+
+@dataclass(frozen=True)
+class MigrationFile:
+    """One migration file, read and analysed.
+
+    ``content`` is the file's text (BOM dropped, line endings turned to LF), ``checksum``
+    pgdbm's checksum of it and ``plan`` how to run it (see `pytest_pgmig.sqltext.analyze`).
+    """
+
+    filename: str
+    path: Path
+    version: str
+    content: str
+    checksum: str
+    plan: ScriptPlan = field(repr=False)
+
+
+def checksum(text: str) -> str:
+    """pgdbm 0.5.0's checksum: sha256 of the text with CRLF turned to LF, stripped.
+
+    >>> checksum("SELECT 1;\\r\\n") == checksum("SELECT 1;")
+    True
+    """
+    return hashlib.sha256(text.replace("\r\n", "\n").strip().encode("utf-8")).hexdigest()
+
+
+def parse_version(filename: str) -> str | None:
+    """The version of a migration file name, or ``None`` if it matches no accepted pattern.
+
+    >>> [parse_version(n) for n in ("001_a.sql", "V2__b.sql", "20251025_120000_c.sql", "x.sql")]
+    ['001', '2', '20251025120000', None]
+    """
+    for pattern in _PATTERNS:
+        match = pattern.fullmatch(filename)
+        if match:
+            return "".join(match.groups())
+    return None
+
+
+def decode(data: bytes, filename: str) -> str:
+    """Decode a migration file's bytes: UTF-8, BOM dropped, line endings turned to LF."""
+    skipped = len(_BOM) if data.startswith(_BOM) else 0
+    try:
+        text = data[skipped:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = exc.start + skipped
+        line = data.count(b"\n", 0, offset) + 1
+        raise MigrationError(
+            f"Migration '{filename}' is not valid UTF-8 (byte offset {offset}, line {line}).",
+            migration_file=filename,
+            line=line,
+            hint="Save the file as UTF-8 and run the migrations again.",
+        ) from None
+    # The same universal-newline translation as pgdbm's Path.read_text().
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_migration(path: Path) -> MigrationFile:
+    """Read and analyse one migration file (no caching; see `load_migrations`)."""
+    filename = path.name
+    version = parse_version(filename)
+    if version is None:
+        raise _bad_names(path.parent, [filename])
+    content = decode(path.read_bytes(), filename)
+    return MigrationFile(filename, path, version, content, checksum(content), plan_for(content))
+
+
+def plan_for(content: str, filename: str | None = None) -> ScriptPlan:
+    """`sqltext.analyze` with its errors turned into a `MigrationError` naming the line."""
+    try:
+        return analyze(content)
+    except ScanError as exc:
+        line = line_of(content, exc.position)
+        raise MigrationError(
+            f"Migration '{filename or '<text>'}' line {line}: {exc}.",
+            migration_file=filename,
+            line=line,
+            excerpt=excerpt(content, exc.position),
+            hint="Fix the file and run the migrations again.",
+        ) from None
+
+
+_Signature = tuple[tuple[str, int, int, int], ...]
+_file_cache: dict[Path, tuple[tuple[int, int, int], MigrationFile]] = {}
+_folder_cache: dict[Path, tuple[_Signature, tuple[MigrationFile, ...]]] = {}
+
+
+def load_migrations(path: str | os.PathLike[str]) -> tuple[MigrationFile, ...]:
+    """All migrations of a folder, in order, read once and cached on names, sizes and mtimes.
+
+    Only ``*.sql`` files count; dotfiles, other files and folders are ignored. Raises
+    `MigrationError`, before anything runs, for a missing folder, a ``.sql`` file whose name
+    matches no accepted pattern, two files sharing a version, version order disagreeing
+    with name order (pgdbm applies files in name order), invalid UTF-8 or unterminated SQL.
+
+    Example::
+
+        for migration in load_migrations("migrations"):
+            print(migration.version, migration.filename, migration.checksum[:12])
+    """
+    folder = Path(path).resolve()
+    try:
+        entries = [
+            entry
+            for entry in os.scandir(folder)
+            if entry.name.endswith(".sql") and not entry.name.startswith(".") and entry.is_file()
+        ]
+    except (FileNotFoundError, NotADirectoryError):
+        raise MigrationError(
+            f"Migrations folder {str(folder)!r} does not exist or is not a folder.",
+            hint="Create it, or pass the folder that holds your .sql files as migrations_path.",
+        ) from None
+    now = time.time_ns()
+    racy = False
+    signature = []
+    for entry in entries:
+        stat = entry.stat()
+        racy = racy or now - stat.st_mtime_ns < _RACY_NS
+        signature.append((entry.name, stat.st_mtime_ns, stat.st_size, stat.st_ino))
+    signature.sort()
+    key = tuple(signature)
+    cached = _folder_cache.get(folder)
+    if cached is not None and cached[0] == key and not racy:
+        return cached[1]
+
+    bad = [name for name, *_ in signature if parse_version(name) is None]
+    if bad:
+        raise _bad_names(folder, bad)
+    migrations = []
+    for name, mtime, size, inode in signature:
+        file_path = folder / name
+        stamp = (mtime, size, inode)
+        hit = _file_cache.get(file_path)
+        if hit is not None and hit[0] == stamp and now - mtime >= _RACY_NS:
+            migrations.append(hit[1])
+            continue
+        migration = read_migration(file_path)
+        _file_cache[file_path] = (stamp, migration)
+        migrations.append(migration)
+    result = check_order(migrations)
+    _folder_cache[folder] = (key, result)
+    return result
+
+
+def check_order(migrations: list[MigrationFile]) -> tuple[MigrationFile, ...]:
+    """Sort by version; raise `MigrationError` if versions repeat or name order disagrees."""
+    by_version = sorted(migrations, key=lambda m: (int(m.version), m.filename))
+    for before, after in itertools.pairwise(by_version):
+        if int(before.version) == int(after.version):
+            raise MigrationError(
+                f"Migration files '{before.filename}' and '{after.filename}' share version "
+                f"{int(before.version)}.",
+                migration_file=after.filename,
+                hint="Give each file its own version number, then run the migrations again.",
+            )
+    by_name = sorted(migrations, key=lambda m: m.filename)
+    for ours, theirs in zip(by_version, by_name, strict=True):
+        if ours is not theirs:
+            width = max(len(m.version) for m in migrations)
+            raise MigrationError(
+                f"Migration files '{ours.filename}' and '{theirs.filename}' are in a different "
+                "order by version number than by name (pgdbm applies them by name).",
+                migration_file=ours.filename,
+                hint=f"Zero-pad the version numbers to the same width (e.g. "
+                f"{'0' * (width - 1)}2_name.sql, then {'0' * (width - 2)}10_name.sql) "
+                "so both orders agree.",
+            )
+    return tuple(by_version)
+
+
+def _bad_names(folder: Path, names: list[str]) -> MigrationError:
+    listed = ", ".join(repr(name) for name in names)
+    return MigrationError(
+        f"Migration file name(s) {listed} in {str(folder)!r} match no accepted pattern: "
+        f"{ACCEPTED_PATTERNS}.",
+        migration_file=names[0],
+        hint="Rename the file(s), or move them out of the migrations folder.",
+    )
