@@ -1,0 +1,41 @@
+"""pytest-pgmig: a throwaway, fully migrated PostgreSQL schema for every test or xdist worker."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncDatabaseManager",
+    "AsyncMigrationManager",
+    "DatabaseConfig",
+    "Migration",
+    "MigrationError",
+    "__version__",
+]
+
+if TYPE_CHECKING:
+    from pytest_pgmig.database import AsyncDatabaseManager, DatabaseConfig
+    from pytest_pgmig.errors import MigrationError
+    from pytest_pgmig.migrations import AsyncMigrationManager, Migration
+
+# The pytest11 entry point imports this package in every pytest run, including runs that use
+# no pgmig fixture, so the engine (and asyncpg) is imported only when a name is first used.
+_LAZY = {
+    "AsyncDatabaseManager": "pytest_pgmig.database",
+    "DatabaseConfig": "pytest_pgmig.database",
+    "AsyncMigrationManager": "pytest_pgmig.migrations",
+    "Migration": "pytest_pgmig.migrations",
+    "MigrationError": "pytest_pgmig.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_pgmig' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

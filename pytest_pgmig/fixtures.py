@@ -1,0 +1,257 @@
+"""The fixtures users request: the server, a migrated schema, and connections into it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from pytest_pgmig import settings
+from pytest_pgmig.schemas import MigrationFailed, OneConnectionPool, PgmigSchema, Slot
+from pytest_pgmig.server import ServerInfo
+from pytest_pgmig.state import KEPT, PgmigState, state_of
+
+Sets = tuple[settings.MigrationSet, ...]
+_checked_folders: set[Path] = set()
+
+
+def _fail_migration(exc: MigrationFailed) -> None:
+    failure = pytest.fail.Exception(str(exc), pytrace=False)
+    # read by the plugin's report hooks: a broken migration FAILS the test, not ERRORs it
+    setattr(failure, "pgmig_migration", True)  # noqa: B010
+    raise failure
+
+
+def _marker_sets(request: pytest.FixtureRequest, opts: settings.Settings) -> tuple[Sets, str]:
+    """The migration sets and scope for this test: the configuration, or its pgmig marker."""
+    sets: Sets = opts.migrations.value
+    scope = opts.scope.value
+    kwargs: dict[str, Any] = {}
+    for marker in request.node.iter_markers("pgmig"):  # closest first
+        for key, value in marker.kwargs.items():
+            kwargs.setdefault(key, value)
+    if not kwargs:
+        return sets, scope
+    unknown = set(kwargs) - {"migrations", "module", "scope"}
+    if unknown:
+        pytest.fail(
+            f"pgmig marker: unknown argument(s) {sorted(unknown)}; it takes migrations=, "
+            "module= and scope=",
+            pytrace=False,
+        )
+    try:
+        if "migrations" in kwargs:
+            sets = _parse_marker_migrations(kwargs["migrations"], Path(request.node.path).parent)
+        if kwargs.get("module") is not None:
+            module = settings.module_type(str(kwargs["module"]))
+            if len(sets) != 1:
+                pytest.fail(
+                    f"pgmig marker: module={kwargs['module']!r} needs exactly one migrations "
+                    f"folder, this test has {len(sets)}",
+                    pytrace=False,
+                )
+            sets = (settings.MigrationSet(module, sets[0].path),)
+        if kwargs.get("scope") is not None:
+            scope = settings.scope_type(str(kwargs["scope"]))
+    except settings.BadValue as exc:
+        pytest.fail(f"pgmig marker: {exc}", pytrace=False)
+    return sets, scope
+
+
+def _parse_marker_migrations(value: Any, base: Path) -> Sets:
+    specs = [value] if isinstance(value, (str, Path)) else list(value)
+    sets = tuple(settings.parse_migration_spec(str(spec), base) for spec in specs)
+    for mset in sets:
+        if mset.path not in _checked_folders:
+            try:
+                settings.check_migrations_folder(mset.path, source="pgmig marker")
+            except pytest.UsageError as exc:
+                pytest.fail(str(exc), pytrace=False)
+            _checked_folders.add(mset.path)
+    return sets
+
+
+@pytest.fixture(scope="session")
+def pgmig_server(request: pytest.FixtureRequest) -> ServerInfo:
+    """The run's PostgreSQL server: `.dsn` (admin), `.host`, `.port`, `.database`, `.version`.
+
+    Started on first use: the embedded server from local binaries, a container, or the
+    server of --pgmig-dsn.
+    """
+    return state_of(request.config).server()
+
+
+@pytest.fixture
+def pgmig_schema(request: pytest.FixtureRequest) -> Iterator[PgmigSchema]:
+    """This test's migrated schema (in worker scope, the worker's): `.name`, `.module_name`, `.dsn`."""
+    state = state_of(request.config)
+    sets, scope = _marker_sets(request, state.settings)
+    started = time.perf_counter()
+    space = state.space()
+    if scope == "worker":
+        slot = _worker_slot(state, sets)
+    else:
+        try:
+            slot = state.run(space.acquire(sets))
+        except MigrationFailed as exc:
+            _fail_migration(exc)
+    space.stats.setup_s.append(time.perf_counter() - started)
+    yield slot.schema
+    started = time.perf_counter()
+    kept = request.node.stash.get(KEPT, None) is not None
+    if scope == "worker":
+        if kept:
+            state.run(space.release(slot, terminate=True, keep=True))
+            state.worker_slots.pop(sets, None)
+        elif not state.run(space.reset(slot, terminate=False)):
+            state.worker_slots.pop(sets, None)
+    else:
+        state.run(space.release(slot, terminate=True, keep=kept))
+    space.stats.teardown_s.append(time.perf_counter() - started)
+
+
+def _worker_slot(state: PgmigState, sets: Sets) -> Slot:
+    slot: Slot | None = state.worker_slots.get(sets)
+    if slot is None:
+        try:
+            slot = state.run(state.space().acquire(sets))
+        except MigrationFailed as exc:
+            _fail_migration(exc)
+        state.worker_slots[sets] = slot
+    return slot
+
+
+@pytest.fixture
+def pgmig_dsn(pgmig_schema: PgmigSchema) -> str:
+    """The schema's DSN as a string, for psycopg, SQLAlchemy or any other driver."""
+    return pgmig_schema.dsn
+
+
+def _scope_of(request: pytest.FixtureRequest) -> str:
+    return _marker_sets(request, state_of(request.config).settings)[1]
+
+
+@pytest_asyncio.fixture
+async def pgmig_conn(
+    request: pytest.FixtureRequest, pgmig_schema: PgmigSchema
+) -> AsyncIterator[Any]:
+    """An asyncpg connection on the test's loop, the schema first on its search_path.
+
+    In worker scope it runs inside a transaction rolled back at teardown; the test's own
+    `conn.transaction()` blocks become savepoints.
+    """
+    import asyncpg
+
+    conn = await asyncpg.connect(pgmig_schema.dsn)
+    outer = None
+    if _scope_of(request) == "worker":
+        outer = conn.transaction()
+        await outer.start()
+    try:
+        yield conn
+    finally:
+        if outer is not None and not conn.is_closed():
+            try:
+                await outer.rollback()
+            except Exception:
+                conn.terminate()
+        await _close(conn)
+
+
+async def _close(closable: Any) -> None:
+    try:
+        await asyncio.wait_for(closable.close(), timeout=5)
+    except Exception:
+        closable.terminate()
+
+
+@pytest_asyncio.fixture
+async def pgmig_pool(
+    request: pytest.FixtureRequest, pgmig_schema: PgmigSchema
+) -> AsyncIterator[Any]:
+    """An asyncpg pool into the schema, sized so that every xdist worker fits the server."""
+    import asyncpg
+
+    size = state_of(request.config).pool_size()
+    pool = await asyncpg.create_pool(pgmig_schema.dsn, min_size=1, max_size=size)
+    try:
+        yield pool
+    finally:
+        await _close(pool)
+
+
+@pytest_asyncio.fixture
+async def pgmig_db(pgmig_schema: PgmigSchema, pgmig_conn: Any) -> AsyncIterator[Any]:
+    """An AsyncDatabaseManager bound to the schema, on the test's `pgmig_conn` connection.
+
+    `{{tables.users}}` renders to `"<schema>".users`; its writes and pgmig_conn's are one
+    session, so they see each other (and roll back together in worker scope).
+    """
+    from pytest_pgmig.database import AsyncDatabaseManager
+
+    yield AsyncDatabaseManager(pool=OneConnectionPool(pgmig_conn), schema=pgmig_schema.name)  # type: ignore[arg-type]
+
+
+@pytest_asyncio.fixture
+async def pgmig_migrations(
+    request: pytest.FixtureRequest, pgmig_schema: PgmigSchema, pgmig_db: Any
+) -> AsyncIterator[Any]:
+    """The AsyncMigrationManager that migrated the schema (module_name=<lib>_<schema>)."""
+    from pytest_pgmig.migrations import AsyncMigrationManager
+
+    sets, _ = _marker_sets(request, state_of(request.config).settings)
+    if not sets:
+        pytest.fail(
+            "pgmig_migrations needs a migrations folder: pass --pgmig-migrations=PATH, set "
+            "pgmig_migrations in the ini file, or mark the test @pytest.mark.pgmig(migrations=...)",
+            pytrace=False,
+        )
+    yield AsyncMigrationManager(
+        pgmig_db, migrations_path=str(sets[0].path), module_name=pgmig_schema.module_name
+    )
+
+
+@pytest.fixture
+def pgmig_factory(
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[..., Awaitable[PgmigSchema]]]:
+    """`await pgmig_factory(migrations=PATH, module=NAME)`: one more migrated schema, dropped at teardown.
+
+    Example::
+
+        async def test_two_tenants(pgmig_factory):
+            a = await pgmig_factory(migrations="migrations", module="billing")
+            b = await pgmig_factory(migrations="migrations", module="billing")
+            assert a.name != b.name
+    """
+    state = state_of(request.config)
+    base = Path(request.node.path).parent
+    slots: list[Slot] = []
+
+    async def make(*, migrations: Any = None, module: str | None = None) -> PgmigSchema:
+        space = state.space()
+        if migrations is None:
+            sets: Sets = state.settings.migrations.value
+        else:
+            sets = _parse_marker_migrations(migrations, base)
+        if module is not None:
+            try:
+                lib = settings.module_type(module)
+            except settings.BadValue as exc:
+                pytest.fail(f"pgmig_factory: {exc}", pytrace=False)
+            sets = tuple(settings.MigrationSet(lib, m.path) for m in sets[:1]) + sets[1:]
+        try:
+            slot: Slot = await asyncio.wrap_future(state.runtime.submit(space.acquire(sets)))
+        except MigrationFailed as exc:
+            _fail_migration(exc)
+        slots.append(slot)
+        return slot.schema
+
+    yield make
+    for slot in slots:
+        state.run(state.space().release(slot, terminate=True))

@@ -1,0 +1,304 @@
+"""The pytest plugin: options, the run's server, report header, summary and xdist hand-off."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_pgmig import lockfile, settings
+from pytest_pgmig.fixtures import (
+    pgmig_conn,
+    pgmig_db,
+    pgmig_dsn,
+    pgmig_factory,
+    pgmig_migrations,
+    pgmig_pool,
+    pgmig_schema,
+    pgmig_server,
+)
+from pytest_pgmig.server import ServerInfo
+from pytest_pgmig.state import ITEM_REPORTS, KEPT, STATE, PgmigState
+
+__all__ = [
+    "pgmig_conn",
+    "pgmig_db",
+    "pgmig_dsn",
+    "pgmig_factory",
+    "pgmig_migrations",
+    "pgmig_pool",
+    "pgmig_schema",
+    "pgmig_server",
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pgmig", "throwaway migrated PostgreSQL schemas (pytest-pgmig)")
+    group.addoption(
+        "--pgmig-migrations",
+        action="append",
+        metavar="PATH",
+        help="folder of .sql migrations applied to every throwaway schema; repeat for several "
+        "modules, as PATH or NAME=PATH (env PGMIG_MIGRATIONS, ini pgmig_migrations)",
+    )
+    group.addoption(
+        "--pgmig-module",
+        type=settings.module_type,
+        metavar="NAME",
+        help="the <lib> of module_name=<lib>_<schema> (default: the name of the folder holding "
+        "the migrations folder; env PGMIG_MODULE, ini pgmig_module)",
+    )
+    group.addoption(
+        "--pgmig-dsn",
+        metavar="DSN",
+        help="use this existing server and database instead of starting one (env PGMIG_DSN, "
+        "ini pgmig_dsn)",
+    )
+    group.addoption(
+        "--pgmig-server",
+        type=settings.server_type,
+        metavar="auto|local|docker",
+        help="where the server comes from when no DSN is set (default auto: local binaries, "
+        "else Docker; env PGMIG_SERVER, ini pgmig_server)",
+    )
+    group.addoption(
+        "--pgmig-scope",
+        type=settings.scope_type,
+        metavar="test|worker",
+        help="test (default): a fresh migrated schema per test; worker: one per xdist worker, "
+        "each test's work undone at teardown (env PGMIG_SCOPE, ini pgmig_scope)",
+    )
+    group.addoption(
+        "--pgmig-keep",
+        action="store_true",
+        default=False,
+        help="keep the schema of each failing test and print a psql command for it "
+        "(ini pgmig_keep)",
+    )
+    group.addoption(
+        "--pgmig-lock",
+        action="store_true",
+        default=False,
+        help="write or extend <migrations>/pgmig.lock with the checksum of each migration",
+    )
+    group.addoption(
+        "--pgmig-statement-timeout",
+        type=settings.timeout_type,
+        metavar="SECONDS",
+        help="bound each migration statement and each reset, in seconds; 0 for none "
+        f"(default {settings.DEFAULT_STATEMENT_TIMEOUT:g}; env PGMIG_STATEMENT_TIMEOUT, "
+        "ini pgmig_statement_timeout)",
+    )
+    parser.addini(
+        "pgmig_migrations", "migrations folders, one PATH or NAME=PATH a line", type="linelist"
+    )
+    parser.addini("pgmig_module", "the <lib> of module_name=<lib>_<schema>")
+    parser.addini("pgmig_dsn", "an existing server's DSN to use instead of starting one")
+    parser.addini("pgmig_server", "auto, local or docker")
+    parser.addini("pgmig_scope", "test or worker")
+    parser.addini("pgmig_keep", "keep failing tests' schemas", type="bool", default=False)
+    parser.addini("pgmig_statement_timeout", "statement timeout for migrations, seconds")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "pgmig(migrations=None, module=None, scope=None): override pytest-pgmig's migrations "
+        "folder, module name or scope for the marked tests",
+    )
+    opts = settings.resolve(config)
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        state = PgmigState(
+            config,
+            opts,
+            run=workerinput["pgmig_run"],
+            worker=workerinput["workerid"],
+            workers=int(workerinput.get("workercount", 1)),
+            shared_key=f"run-{workerinput['pgmig_run']}",
+        )
+    else:
+        state = PgmigState(config, opts, run=secrets.token_hex(4), worker="main")
+        if opts.lock:
+            _write_locks(config, opts)
+        if opts.dsn.value:
+            _probe_dsn(state)
+    config.stash[STATE] = state
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(state), "pgmig-xdist")
+
+
+def _probe_dsn(state: PgmigState) -> None:
+    """Check a configured DSN at start-up: a bad one is one clear usage error."""
+    try:
+        state.server()
+    except pytest.fail.Exception:
+        raise pytest.UsageError(state.server_error or "pgmig: the DSN does not work") from None
+
+
+def _write_locks(config: pytest.Config, opts: settings.Settings) -> None:
+    for mset in opts.migrations.value:
+        added = lockfile.write(mset.path)
+        where = mset.path / lockfile.LOCK_NAME
+        message = f"{where}: locked {len(added)} new migration(s)"
+        _notes(config).append(message + (": " + ", ".join(added) if added else ""))
+
+
+NOTES = pytest.StashKey[list[str]]()
+
+
+def _notes(config: pytest.Config) -> list[str]:
+    return config.stash.setdefault(NOTES, [])
+
+
+class XdistHooks:
+    """xdist's hooks, registered only when pytest-xdist is installed."""
+
+    def __init__(self, state: PgmigState) -> None:
+        self.state = state
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["pgmig_run"] = self.state.run
+        self.state.shared_key = f"run-{self.state.run}"
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        output = getattr(node, "workeroutput", None) or {}
+        if "pgmig_stats" in output:
+            self.state.stats.merge(output["pgmig_stats"])
+        if output.get("pgmig_server") and self.state.remote_info is None:
+            self.state.remote_info = output["pgmig_server"]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return []
+    opts = state.settings
+    if opts.dsn.value and state.info is not None:
+        info = state.info
+        server = (
+            f"dsn {info.address} PostgreSQL {'.'.join(map(str, info.version))} [{opts.dsn.source}]"
+        )
+    else:
+        server = f"{opts.server.value} [{opts.server.source}], started on first use"
+    if opts.migrations.value:
+        folders = ", ".join(f"{m.module}={_rel(config, m.path)}" for m in opts.migrations.value)
+    else:
+        folders = "none"
+    return [
+        f"pgmig: server {server}; migrations {folders} [{opts.migrations.source}]; "
+        f"scope {opts.scope}; keep {opts.keep}"
+    ] + [f"pgmig: {note}" for note in config.stash.get(NOTES, [])]
+
+
+def _rel(config: pytest.Config, path: Path) -> str:
+    try:
+        return str(path.relative_to(config.rootpath))
+    except ValueError:
+        return str(path)
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return
+    checks = [
+        LockCheck.from_parent(session, name=f"pgmig.lock[{m.module}]", folder=m.path)
+        for m in state.settings.migrations.value
+        if (m.path / lockfile.LOCK_NAME).exists()
+    ]
+    items[:0] = checks
+
+
+class LockCheck(pytest.Item):
+    """A test item that fails when a locked migration was edited or deleted."""
+
+    def __init__(self, *, folder: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.folder = folder
+
+    def runtest(self) -> None:
+        drift = lockfile.check(self.folder)
+        if drift:
+            raise LockDrift(lockfile.describe(self.folder, drift))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, LockDrift):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.folder / lockfile.LOCK_NAME, 0, self.name
+
+
+class LockDrift(Exception):
+    """Locked migrations changed."""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report: pytest.TestReport = yield
+    item.stash.setdefault(ITEM_REPORTS, {})[report.when] = report
+    if call.excinfo is not None and getattr(call.excinfo.value, "pgmig_migration", False):
+        # A broken migration fails the tests that need it; it is not an error in them.
+        report.pgmig_failed = True  # type: ignore[attr-defined]
+    state = item.config.stash.get(STATE, None)
+    if state is not None and report.when == "call" and report.failed:
+        name = item.stash.get(KEPT, None)
+        if name is not None:
+            report.sections.append(("pgmig", name))
+    return report
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
+    if report.when == "setup" and report.failed and getattr(report, "pgmig_failed", False):
+        return "failed", "F", ("FAILED", {"red": True})
+    return None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = session.config.stash.get(STATE, None)
+    if state is None:
+        return
+    state.close()
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["pgmig_stats"] = state.stats.to_dict()
+        if state.info is not None:
+            workeroutput["pgmig_server"] = state.info.to_dict()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return
+    state.close()
+    if not hasattr(config, "workerinput") and state.shared_key is not None and not state.stats.kept:
+        from pytest_pgmig import server as srv
+
+        srv.reap_shared(state.shared_key)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is None or hasattr(config, "workerinput"):
+        return
+    info = state.info
+    if info is None and state.remote_info is not None:
+        info = ServerInfo.from_dict(state.remote_info)
+    if info is None and not state.stats.created:
+        return
+    terminalreporter.section("pgmig")
+    if info is not None:
+        terminalreporter.line(
+            f"server: {info.source}, PostgreSQL {'.'.join(map(str, info.version))}, {info.redacted_dsn}"
+        )
+    for line in state.stats.summary():
+        terminalreporter.line(line)
+    for line in state.kept:
+        terminalreporter.line(line)

@@ -1,0 +1,278 @@
+"""The plugin's own schema on the server: which run owns which schema, and the reset function."""
+
+from __future__ import annotations
+
+import random
+
+import asyncpg
+
+REGISTRY = "pgmig_registry"
+# classid of every advisory lock the plugin takes (b"pgmi"), so ours never meet a user's keys
+LOCK_CLASS = 0x70676D69
+_INSTALL_LOCK = 0  # objid serialising the registry's creation
+
+_FINGERPRINT = f"""
+CREATE OR REPLACE FUNCTION {REGISTRY}.fingerprint_v1(ns oid) RETURNS text
+LANGUAGE sql STABLE AS $fp$
+-- Every DDL statement writes a catalog row, and a written row has a new xmin: the set of
+-- (oid, xmin) over the schema's catalog rows changes with any DDL and with nothing else.
+SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (
+    SELECT 'n' || n.oid || ':' || n.xmin FROM pg_namespace n WHERE n.oid = ns
+    UNION ALL SELECT 'c' || c.oid || ':' || c.xmin FROM pg_class c WHERE c.relnamespace = ns
+    UNION ALL SELECT 'a' || a.attrelid || '.' || a.attnum || ':' || a.xmin
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        WHERE c.relnamespace = ns AND a.attnum > 0
+    UNION ALL SELECT 'd' || d.oid || ':' || d.xmin
+        FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid WHERE c.relnamespace = ns
+    UNION ALL SELECT 'k' || k.oid || ':' || k.xmin FROM pg_constraint k WHERE k.connamespace = ns
+    UNION ALL SELECT 'i' || i.indexrelid || ':' || i.xmin
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid WHERE c.relnamespace = ns
+    UNION ALL SELECT 't' || t.oid || ':' || t.xmin
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE c.relnamespace = ns
+    UNION ALL SELECT 'r' || r.oid || ':' || r.xmin
+        FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class WHERE c.relnamespace = ns
+    UNION ALL SELECT 'p' || p.oid || ':' || p.xmin FROM pg_proc p WHERE p.pronamespace = ns
+    UNION ALL SELECT 'y' || y.oid || ':' || y.xmin FROM pg_type y WHERE y.typnamespace = ns
+    UNION ALL SELECT 's' || s.seqrelid || ':' || s.xmin
+        FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid WHERE c.relnamespace = ns
+    UNION ALL SELECT 'o' || o.objoid || '.' || o.objsubid || ':' || o.xmin
+        FROM pg_description o JOIN pg_class c ON c.oid = o.objoid WHERE c.relnamespace = ns
+    UNION ALL SELECT 'l' || l.oid || ':' || l.xmin
+        FROM pg_policy l JOIN pg_class c ON c.oid = l.polrelid WHERE c.relnamespace = ns
+) AS catalog(x)
+$fp$;
+"""
+
+_STATE = f"""
+CREATE OR REPLACE FUNCTION {REGISTRY}.state_v1(p_schema text, p_skip text[]) RETURNS text
+LANGUAGE plpgsql STABLE AS $state$
+-- A schema's DDL fingerprint plus a hash of the rows of the tables a reset leaves alone
+-- (the migrations tracking table): equal states mean nothing a reset cannot undo happened.
+DECLARE
+    ns oid;
+    rel text;
+    h text;
+    acc text := '';
+BEGIN
+    SELECT oid INTO ns FROM pg_namespace WHERE nspname = p_schema;
+    IF ns IS NULL THEN
+        RETURN NULL;
+    END IF;
+    FOREACH rel IN ARRAY p_skip LOOP
+        IF to_regclass(format('%I.%I', p_schema, rel)) IS NOT NULL THEN
+            EXECUTE format(
+                $q$SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), ''))
+                   FROM %I.%I AS t$q$, p_schema, rel
+            ) INTO h;
+            acc := acc || rel || '=' || h || ';';
+        END IF;
+    END LOOP;
+    RETURN {REGISTRY}.fingerprint_v1(ns) || '/' || md5(acc);
+END
+$state$;
+"""
+
+_RESET = f"""
+CREATE OR REPLACE FUNCTION {REGISTRY}.reset_v1(
+    p_schema text, p_state text, p_template text, p_seeded text[], p_skip text[],
+    p_seq_names text[], p_seq_values bigint[], p_seq_called boolean[], p_app text
+) RETURNS text LANGUAGE plpgsql AS $reset$
+-- Puts a used schema back to the state its migrations produced and returns its new state,
+-- or returns NULL when its DDL or tracking rows changed (the caller then replaces it).
+-- One call, one round trip, per test.
+DECLARE
+    ns oid;
+    rel text;
+    has_rows boolean;
+    cols text;
+    dirty text[] := '{{}}';
+    superuser boolean;
+BEGIN
+    IF p_app IS NOT NULL THEN
+        -- End the sessions a test left open on its schema: they would otherwise see the
+        -- next test's rows, or hold locks this reset waits for (lock_timeout bounds it).
+        PERFORM pg_terminate_backend(a.pid) FROM pg_stat_activity AS a
+        WHERE a.application_name = p_app AND a.pid <> pg_backend_pid();
+    END IF;
+    SELECT oid INTO ns FROM pg_namespace WHERE nspname = p_schema;
+    IF ns IS NULL OR {REGISTRY}.state_v1(p_schema, p_skip) IS DISTINCT FROM p_state THEN
+        RETURN NULL;
+    END IF;
+    FOR rel IN
+        SELECT c.relname FROM pg_class c
+        WHERE c.relnamespace = ns AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+          AND c.relname <> ALL(p_skip)
+    LOOP
+        IF rel = ANY(p_seeded) THEN
+            dirty := dirty || rel;
+        ELSE
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I)', p_schema, rel) INTO has_rows;
+            IF has_rows THEN
+                dirty := dirty || rel;
+            END IF;
+        END IF;
+    END LOOP;
+    IF cardinality(dirty) > 0 THEN
+        SELECT rolsuper INTO superuser FROM pg_roles WHERE rolname = current_user;
+        IF superuser THEN
+            -- DELETE leaves the catalog untouched; replica role skips user and FK triggers,
+            -- so rows go in any order and none of the user's triggers runs.
+            SET LOCAL session_replication_role = replica;
+            FOREACH rel IN ARRAY dirty LOOP
+                EXECUTE format('DELETE FROM %I.%I', p_schema, rel);
+            END LOOP;
+        ELSE
+            EXECUTE 'TRUNCATE ' || (
+                SELECT string_agg(format('%I.%I', p_schema, d), ', ') FROM unnest(dirty) AS d
+            ) || ' CASCADE';
+        END IF;
+        FOREACH rel IN ARRAY p_seeded LOOP
+            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+            FROM pg_attribute a
+            WHERE a.attrelid = format('%I.%I', p_schema, rel)::regclass
+              AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+            EXECUTE format(
+                'INSERT INTO %I.%I (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %I.%I',
+                p_schema, rel, cols, cols, p_template, rel
+            );
+        END LOOP;
+    END IF;
+    PERFORM setval(format('%I.%I', p_schema, s.name)::regclass, s.value, s.called)
+    FROM unnest(p_seq_names, p_seq_values, p_seq_called) AS s(name, value, called)
+    WHERE pg_sequence_last_value(format('%I.%I', p_schema, s.name)::regclass)
+          IS DISTINCT FROM CASE WHEN s.called THEN s.value END;
+    RETURN {REGISTRY}.state_v1(p_schema, p_skip);
+END
+$reset$;
+"""
+
+_INSTALL = f"""
+CREATE SCHEMA IF NOT EXISTS {REGISTRY};
+CREATE TABLE IF NOT EXISTS {REGISTRY}.schemas (
+    name text PRIMARY KEY,
+    lease integer NOT NULL,
+    run text NOT NULL,
+    worker text NOT NULL,
+    kept boolean NOT NULL DEFAULT false,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+async def install(conn: asyncpg.Connection) -> None:
+    """Create the registry and its functions once per server, safe against concurrent runs."""
+    present = await conn.fetchval(
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = $1 AND p.proname IN ('fingerprint_v1', 'state_v1', 'reset_v1')",
+        REGISTRY,
+    )
+    if present == 3:
+        return
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS, _INSTALL_LOCK)
+        await conn.execute(_INSTALL + _FINGERPRINT + _STATE + _RESET)
+
+
+async def take_lease(conn: asyncpg.Connection) -> int:
+    """Hold a session advisory lock that says "this process is alive" while `conn` lives."""
+    rng = random.SystemRandom()
+    while True:
+        key = rng.randint(1, 2**31 - 1)
+        free = await conn.fetchval(
+            f"SELECT NOT EXISTS (SELECT 1 FROM {REGISTRY}.schemas WHERE lease = $3) "
+            "AND pg_try_advisory_lock($1, $2)",
+            LOCK_CLASS,
+            key,
+            key,
+        )
+        if free:
+            return int(key)
+
+
+async def register(
+    conn: asyncpg.Connection, name: str, *, lease: int, run: str, worker: str
+) -> None:
+    """Create schema `name` (never adopting one that exists) and record it as ours."""
+    async with conn.transaction():
+        await conn.execute(f"CREATE SCHEMA {quote_ident(name)}")
+        await conn.execute(
+            f"INSERT INTO {REGISTRY}.schemas (name, lease, run, worker) VALUES ($1, $2, $3, $4)",
+            name,
+            lease,
+            run,
+            worker,
+        )
+
+
+async def drop(conn: asyncpg.Connection, names: list[str], *, lease: int) -> list[str]:
+    """Drop the named schemas, but only those the registry says this lease owns."""
+    if not names:
+        return []
+    async with conn.transaction():
+        owned: list[str] = [
+            r["name"]
+            for r in await conn.fetch(
+                f"DELETE FROM {REGISTRY}.schemas WHERE name = ANY($1::text[]) AND lease = $2 "
+                "RETURNING name",
+                names,
+                lease,
+            )
+        ]
+        present = [
+            r["nspname"]
+            for r in await conn.fetch(
+                "SELECT nspname FROM pg_namespace WHERE nspname = ANY($1::text[])", owned
+            )
+        ]
+        if present:
+            await conn.execute(
+                "DROP SCHEMA " + ", ".join(quote_ident(n) for n in present) + " CASCADE"
+            )
+    return present
+
+
+async def keep(conn: asyncpg.Connection, name: str) -> None:
+    """Mark a schema kept for inspection; the next run drops it like any dead run's."""
+    await conn.execute(f"UPDATE {REGISTRY}.schemas SET kept = true WHERE name = $1", name)
+
+
+async def reap(conn: asyncpg.Connection) -> list[str]:
+    """Drop every registered schema whose owning process no longer holds its lease."""
+    rows = await conn.fetch(f"SELECT DISTINCT lease FROM {REGISTRY}.schemas")
+    dropped: list[str] = []
+    for row in rows:
+        lease = int(row["lease"])
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, lease):
+            continue  # its owner is alive
+        try:
+            names = [
+                r["name"]
+                for r in await conn.fetch(
+                    f"SELECT name FROM {REGISTRY}.schemas WHERE lease = $1", lease
+                )
+            ]
+            await terminate_sessions(conn, [app_name(n) for n in names])
+            dropped += await drop(conn, names, lease=lease)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS, lease)
+    return dropped
+
+
+async def terminate_sessions(conn: asyncpg.Connection, app_names: list[str]) -> None:
+    """End other sessions opened through these schemas' DSNs (locks go as they exit)."""
+    if app_names:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = ANY($1::text[]) AND pid <> pg_backend_pid()",
+            app_names,
+        )
+
+
+def app_name(schema: str) -> str:
+    """The application_name that marks connections made through a schema's DSN."""
+    return f"pgmig:{schema}"[:63]
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier for SQL, doubling embedded quotes."""
+    return '"' + name.replace('"', '""') + '"'

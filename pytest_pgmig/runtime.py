@@ -1,0 +1,46 @@
+"""A private event loop in a daemon thread for the plugin's own database work."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class Runtime:
+    """Runs the plugin's coroutines on a loop of its own, whatever loop a test uses.
+
+    Sync fixtures, hooks and async tests on pytest-asyncio's loops all reach the server
+    through this one loop, so the plugin's control connection outlives every test's loop.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="pytest-pgmig", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run `coro` on the plugin's loop and wait for its result."""
+        if self._loop.is_closed():
+            coro.close()
+            raise RuntimeError("pytest-pgmig's runtime is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start `coro` on the plugin's loop; await it elsewhere with `asyncio.wrap_future`."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def close(self) -> None:
+        """Stop the loop and its thread; pending work is abandoned."""
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()

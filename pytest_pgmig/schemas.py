@@ -1,0 +1,380 @@
+"""Throwaway schemas: create and migrate them, hand them out, reset them between tests, drop them."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import asyncpg
+
+from pytest_pgmig import registry
+from pytest_pgmig.dsn import redact, with_search_path
+from pytest_pgmig.settings import MigrationSet
+
+TRACKING_TABLE = "schema_migrations"
+# a test that leaves a lock held must not stall teardown for long
+LOCK_TIMEOUT_MS = 5000
+
+
+@dataclass(frozen=True)
+class PgmigSchema:
+    """A migrated schema handed to a test.
+
+    `dsn` opens connections with the schema first on search_path, e.g.
+    `psycopg.connect(pgmig_schema.dsn)`; `module_name` is `<lib>_<schema>` for the first
+    migrations folder, `module_names` maps every folder's `<lib>` to its module_name.
+    """
+
+    name: str
+    module_name: str
+    dsn: str
+    module_names: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"PgmigSchema(name={self.name!r}, module_name={self.module_name!r}, "
+            f"dsn={redact(self.dsn)!r})"
+        )
+
+
+class MigrationFailed(Exception):
+    """The migrations could not build a schema; the message says which file and the fix."""
+
+    def __init__(self, full: str, brief: str) -> None:
+        super().__init__(full)
+        self.full = full
+        self.brief = brief
+
+
+@dataclass
+class _Template:
+    """A pristine migrated schema of one migration set: the source a reset restores from."""
+
+    name: str
+    seeded: list[str]
+    seq_names: list[str]
+    seq_values: list[int]
+    seq_called: list[bool]
+
+
+@dataclass
+class Slot:
+    """One schema this process created, and the state a reset compares against."""
+
+    schema: PgmigSchema
+    key: tuple[MigrationSet, ...]
+    state: str
+
+
+@dataclass
+class _SetPool:
+    template: _Template | None = None
+    free: list[Slot] = field(default_factory=list)
+    failure: MigrationFailed | None = None
+
+
+class OneConnectionPool:
+    """A pool-shaped wrapper over one connection, for managers that must share it.
+
+    AsyncDatabaseManager and AsyncMigrationManager acquire from a pool; handing them this
+    keeps their work on one session (inside the caller's transaction, where there is one).
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    @asynccontextmanager
+    async def acquire(self, *, timeout: float | None = None) -> AsyncIterator[Any]:
+        yield self._conn
+
+    async def release(self, conn: Any, *, timeout: float | None = None) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def get_size(self) -> int:
+        return 1
+
+    def get_max_size(self) -> int:
+        return 1
+
+
+@dataclass
+class Stats:
+    """What isolation cost this process, for the terminal summary."""
+
+    created: int = 0
+    dropped: int = 0
+    kept: int = 0
+    reused: int = 0
+    migrations: int = 0
+    setup_s: list[float] = field(default_factory=list)
+    teardown_s: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "created": self.created,
+            "dropped": self.dropped,
+            "kept": self.kept,
+            "reused": self.reused,
+            "migrations": self.migrations,
+            "setup_s": self.setup_s,
+            "teardown_s": self.teardown_s,
+        }
+
+    def merge(self, data: Mapping[str, Any]) -> None:
+        for name in ("created", "dropped", "kept", "reused", "migrations"):
+            setattr(self, name, getattr(self, name) + int(data.get(name, 0)))
+        self.setup_s += list(data.get("setup_s", ()))
+        self.teardown_s += list(data.get("teardown_s", ()))
+
+    def summary(self) -> list[str]:
+        per_test = [a + b for a, b in zip(self.setup_s, self.teardown_s)]
+        total = sum(self.setup_s) + sum(self.teardown_s)
+        median = statistics.median(per_test) * 1000 if per_test else 0.0
+        return [
+            f"schemas: {self.created} created, {self.dropped} dropped, {self.kept} kept, "
+            f"{self.reused} resets for reuse",
+            f"migrations applied: {self.migrations}",
+            f"isolation cost: {total:.2f} s in set-up and teardown over {len(per_test)} "
+            f"tests, median {median:.1f} ms per test",
+        ]
+
+
+class Workspace:
+    """This process's schemas on one server: created, reset, kept or dropped by it alone."""
+
+    def __init__(
+        self,
+        *,
+        admin_dsn: str,
+        run: str,
+        worker: str,
+        statement_timeout: float,
+        module_default: str,
+    ) -> None:
+        self.admin_dsn = admin_dsn
+        self.run = run
+        self.worker = worker
+        self.statement_timeout = statement_timeout
+        self.module_default = module_default
+        self.stats = Stats()
+        self._conn: asyncpg.Connection | None = None
+        self._lease = 0
+        self._pools: dict[tuple[MigrationSet, ...], _SetPool] = {}
+        self._mine: list[str] = []
+        self._doomed: list[str] = []
+        self._counter = 0
+
+    @property
+    def conn(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            raise RuntimeError("pytest-pgmig lost its control connection to the server")
+        return self._conn
+
+    async def start(self) -> list[str]:
+        """Connect, take this process's lease, and drop what dead runs left behind."""
+        settings = {
+            "application_name": f"pgmig-control:{self.run}:{self.worker}"[:63],
+            "lock_timeout": str(LOCK_TIMEOUT_MS),
+            "statement_timeout": str(int(self.statement_timeout * 1000)),
+            "client_min_messages": "warning",
+        }
+        self._conn = await asyncpg.connect(self.admin_dsn, server_settings=settings, timeout=10)
+        await registry.install(self._conn)
+        self._lease = await registry.take_lease(self._conn)
+        return await registry.reap(self._conn)
+
+    async def close(self, *, keep: bool = False) -> None:
+        """Drop every schema this process made (kept ones stay), then disconnect."""
+        if self._conn is None or self._conn.is_closed():
+            return
+        try:
+            names = [n for n in self._mine if keep is False]
+            if names:
+                await registry.terminate_sessions(self.conn, [registry.app_name(n) for n in names])
+                self.stats.dropped += len(await registry.drop(self.conn, names, lease=self._lease))
+                self._mine = []
+        finally:
+            await self._conn.close()
+
+    def _next_name(self, kind: str) -> str:
+        self._counter += 1
+        return f"pgmig_{self.run}_{self.worker}_{kind}{self._counter}"
+
+    async def acquire(self, sets: tuple[MigrationSet, ...]) -> Slot:
+        """A clean migrated schema for `sets`: a reset one if any is free, else a new one."""
+        pool = self._pools.setdefault(sets, _SetPool())
+        if pool.failure is not None:
+            raise MigrationFailed(pool.failure.brief, pool.failure.brief)
+        if pool.free:
+            return pool.free.pop()
+        try:
+            if pool.template is None and sets:
+                pool.template = await self._make_template(sets)
+            return await self._create(sets, kind="s")
+        except MigrationFailed as exc:
+            pool.failure = exc
+            raise
+
+    async def release(self, slot: Slot, *, terminate: bool, keep: bool = False) -> None:
+        """Take a schema back: keep it, reset it for the next test, or drop it."""
+        name = slot.schema.name
+        if keep:
+            await registry.keep(self.conn, name)
+            self._mine.remove(name)
+            self.stats.kept += 1
+            return
+        if await self.reset(slot, terminate=terminate):
+            self._pools[slot.key].free.append(slot)
+
+    async def reset(self, slot: Slot, *, terminate: bool) -> bool:
+        """Undo a test's work in its schema; False when the schema had to be dropped instead."""
+        state = await self._reset(slot, self._pools[slot.key].template, terminate=terminate)
+        if state is None:
+            await self.discard(slot.schema.name)
+            return False
+        slot.state = state
+        self.stats.reused += 1
+        return True
+
+    async def discard(self, name: str) -> None:
+        """Drop one schema of ours now, ending the sessions still on it."""
+        await registry.terminate_sessions(self.conn, [registry.app_name(name)])
+        self.stats.dropped += len(await registry.drop(self.conn, [name], lease=self._lease))
+        if name in self._mine:
+            self._mine.remove(name)
+
+    async def _reset(
+        self, slot: Slot, template: _Template | None, *, terminate: bool
+    ) -> str | None:
+        tpl = template or _Template(
+            name=slot.schema.name, seeded=[], seq_names=[], seq_values=[], seq_called=[]
+        )
+        app = registry.app_name(slot.schema.name)
+        for attempt in (terminate, True):
+            try:
+                state: str | None = await self.conn.fetchval(
+                    f"SELECT {registry.REGISTRY}.reset_v1($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    slot.schema.name,
+                    slot.state,
+                    tpl.name,
+                    tpl.seeded,
+                    [TRACKING_TABLE],
+                    tpl.seq_names,
+                    tpl.seq_values,
+                    tpl.seq_called,
+                    app if attempt else None,
+                )
+                return state
+            except asyncpg.LockNotAvailableError:
+                if attempt:
+                    return None
+        return None
+
+    async def _create(self, sets: tuple[MigrationSet, ...], *, kind: str) -> Slot:
+        name = self._next_name(kind)
+        await registry.register(
+            self.conn, name, lease=self._lease, run=self.run, worker=self.worker
+        )
+        self._mine.append(name)
+        self.stats.created += 1
+        try:
+            module_names = await self._migrate(name, sets)
+        except BaseException:
+            await self.discard(name)
+            raise
+        state = await self.conn.fetchval(
+            f"SELECT {registry.REGISTRY}.state_v1($1, $2)", name, [TRACKING_TABLE]
+        )
+        lib = sets[0].module if sets else self.module_default
+        schema = PgmigSchema(
+            name=name,
+            module_name=module_names.get(lib, f"{lib}_{name}"),
+            dsn=schema_dsn(self.admin_dsn, name),
+            module_names=module_names,
+        )
+        return Slot(schema=schema, key=sets, state=state)
+
+    async def _migrate(self, name: str, sets: tuple[MigrationSet, ...]) -> dict[str, str]:
+        from pytest_pgmig.database import AsyncDatabaseManager
+        from pytest_pgmig.errors import MigrationError
+        from pytest_pgmig.migrations import AsyncMigrationManager
+
+        module_names: dict[str, str] = {}
+        db = AsyncDatabaseManager(pool=OneConnectionPool(self.conn), schema=name)  # type: ignore[arg-type]
+        for mset in sets:
+            module_name = f"{mset.module}_{name}"
+            module_names[mset.module] = module_name
+            manager = AsyncMigrationManager(
+                db, migrations_path=str(mset.path), module_name=module_name
+            )
+            try:
+                result = await manager.apply_pending_migrations()
+            except MigrationError as exc:
+                raise migration_failed(mset, exc) from None
+            if result["status"] == "error":
+                raise migration_failed(mset, result)
+            self.stats.migrations += len(result.get("applied", ()))
+        return module_names
+
+    async def _make_template(self, sets: tuple[MigrationSet, ...]) -> _Template:
+        slot = await self._create(sets, kind="tpl")
+        name = slot.schema.name
+        conn = self.conn
+        tables = await conn.fetch(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
+            "AND c.relname <> $2",
+            name,
+            TRACKING_TABLE,
+        )
+        seeded = []
+        for row in tables:
+            table = f"{registry.quote_ident(name)}.{registry.quote_ident(row['relname'])}"
+            if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"):
+                seeded.append(row["relname"])
+        seqs = await conn.fetch(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relkind = 'S'",
+            name,
+        )
+        names, values, called = [], [], []
+        for row in seqs:
+            seq = f"{registry.quote_ident(name)}.{registry.quote_ident(row['relname'])}"
+            state = await conn.fetchrow(f"SELECT last_value, is_called FROM {seq}")
+            names.append(row["relname"])
+            values.append(int(state["last_value"]))
+            called.append(bool(state["is_called"]))
+        return _Template(name, seeded, names, values, called)
+
+
+def schema_dsn(admin_dsn: str, schema: str) -> str:
+    """The DSN a test connects with: the schema first on search_path, our application_name."""
+    dsn = with_search_path(admin_dsn, schema)
+    app = registry.app_name(schema)
+    if "://" in dsn:
+        return f"{dsn}&application_name={quote(app, safe='')}"
+    return f"{dsn} application_name='{app}'"
+
+
+def migration_failed(mset: MigrationSet, problem: Any) -> MigrationFailed:
+    """Turn an engine error or error status into a test failure: the full text, and a brief one."""
+    if isinstance(problem, dict):
+        filename = problem.get("failed_migration", "?")
+        error = str(problem.get("error", "")).strip()
+    else:
+        filename = getattr(problem, "migration_file", None) or "?"
+        error = str(problem).strip()
+    where = f"{mset.path}/{filename}" if filename != "?" else str(mset.path)
+    full = f"pgmig: migration {where} failed (module {mset.module}):\n{error}"
+    first_line = error.splitlines()[0] if error else "failed"
+    brief = (
+        f"pgmig: migration {where} is broken ({first_line}); see the first failing test for details"
+    )
+    return MigrationFailed(full, brief)

@@ -1,0 +1,242 @@
+"""Resolve the plugin's settings from the command line, the environment and the ini file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+SCOPES = ("test", "worker")
+SERVERS = ("auto", "local", "docker")
+DEFAULT_STATEMENT_TIMEOUT = 60.0
+# pgdbm 0.5.0 stores module_name in VARCHAR(100); the schema name takes up to 63 of those.
+MAX_MODULE_LEN = 36
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """A resolved value and where it came from, for the report header."""
+
+    value: T
+    source: str
+
+    def __str__(self) -> str:
+        return f"{self.value} [{self.source}]"
+
+
+@dataclass(frozen=True)
+class MigrationSet:
+    """One folder of migrations and the `<lib>` part of its module_name."""
+
+    module: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the plugin was told, each with its source."""
+
+    migrations: Setting[tuple[MigrationSet, ...]]
+    dsn: Setting[str | None]
+    server: Setting[str]
+    scope: Setting[str]
+    keep: Setting[bool]
+    statement_timeout: Setting[float]
+    lock: bool = False
+    module: Setting[str | None] = field(default_factory=lambda: Setting(None, "default"))
+
+
+def scope_type(value: str) -> str:
+    """argparse `type=` converter: reject an unknown scope with the accepted ones."""
+    return _choice("--pgmig-scope", value, SCOPES)
+
+
+def server_type(value: str) -> str:
+    """argparse `type=` converter for --pgmig-server."""
+    return _choice("--pgmig-server", value, SERVERS)
+
+
+def timeout_type(value: str) -> float:
+    """argparse `type=` converter for a timeout in seconds (0 turns it off)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
+        raise _bad(f"invalid timeout {value!r}: give a number of seconds, e.g. 30 (0 means none)")
+    return seconds
+
+
+def module_type(value: str) -> str:
+    """Normalise a module name to a lower-case identifier, or reject what cannot be one."""
+    name = re.sub(r"[^0-9a-z_]+", "_", value.strip().lower()).strip("_")
+    if not name:
+        raise _bad(f"invalid module name {value!r}: use letters, digits and underscores")
+    if name[0].isdigit():
+        name = f"m_{name}"
+    if len(name) > MAX_MODULE_LEN:
+        raise _bad(
+            f"module name {value!r} is {len(name)} characters long; "
+            f"use at most {MAX_MODULE_LEN} (it is followed by the schema name in module_name)"
+        )
+    return name
+
+
+def _choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    normalised = value.strip().lower()
+    if normalised not in choices:
+        raise _bad(f"invalid {option} value {value!r}: choose one of {', '.join(choices)}")
+    return normalised
+
+
+class BadValue(argparse.ArgumentTypeError):
+    """A bad option or marker value; argparse shows its text after the option name."""
+
+
+def _bad(message: str) -> BadValue:
+    return BadValue(message)
+
+
+def default_module(path: Path) -> str:
+    """The `<lib>` for a migrations folder: the name of the folder that holds it."""
+    return module_type(path.resolve().parent.name or "app")
+
+
+def parse_migration_spec(spec: str, base: Path) -> MigrationSet:
+    """Read `PATH` or `NAME=PATH`; relative paths count from `base`."""
+    name, sep, raw = spec.partition("=")
+    if not sep or "/" in name or os.sep in name:
+        name, raw = "", spec
+    path = Path(os.path.expanduser(raw.strip()))
+    if not path.is_absolute():
+        path = base / path
+    path = path.resolve()
+    module = module_type(name) if name.strip() else default_module(path)
+    return MigrationSet(module=module, path=path)
+
+
+def check_migrations_folder(path: Path, *, source: str) -> None:
+    """Fail with the fix when a configured migrations folder cannot serve."""
+    where = f"pgmig migrations folder {str(path)!r} (from {source})"
+    if not path.exists():
+        raise pytest.UsageError(
+            f"{where} does not exist. Fix the path, or create the folder and put your "
+            "NNN_name.sql migrations in it."
+        )
+    if not path.is_dir():
+        raise pytest.UsageError(f"{where} is not a folder: point it at the folder of .sql files.")
+    try:
+        has_sql = any(p.suffix == ".sql" and p.is_file() for p in path.iterdir())
+    except OSError as exc:
+        raise pytest.UsageError(
+            f"{where} cannot be read ({exc.strerror}): check its permissions."
+        ) from None
+    if not has_sql:
+        raise pytest.UsageError(
+            f"{where} holds no .sql files. Add migrations such as 001_create_users.sql, "
+            "or point the option at the folder that holds them."
+        )
+
+
+def _ini_source(config: pytest.Config) -> str:
+    inipath = config.inipath
+    return f"ini {inipath.name}" if inipath is not None else "ini"
+
+
+def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve every setting, CLI first, then environment, then ini, then the default."""
+    env = os.environ if environ is None else environ
+    ini = _ini_source(config)
+    rootdir = config.inipath.parent if config.inipath is not None else config.rootpath
+    cwd = Path(config.invocation_params.dir)
+
+    def pick(
+        cli: Any, env_name: str | None, ini_name: str, convert: Any, default: Any
+    ) -> Setting[Any]:
+        if cli is not None:
+            return Setting(cli, "cli")
+        if env_name and env.get(env_name, "").strip():
+            return Setting(_convert(convert, env[env_name], env_name), f"env {env_name}")
+        raw = config.getini(ini_name)
+        if isinstance(raw, str) and raw.strip():
+            return Setting(_convert(convert, raw, ini_name), ini)
+        return Setting(default, "default")
+
+    module = pick(
+        config.getoption("pgmig_module"), "PGMIG_MODULE", "pgmig_module", module_type, None
+    )
+    migrations = _resolve_migrations(config, env, ini, cwd, rootdir)
+    if module.value is not None:
+        if len(migrations.value) > 1:
+            raise pytest.UsageError(
+                f"--pgmig-module {module.value!r} ({module.source}) names one module, but "
+                f"{len(migrations.value)} migrations folders are configured: name each one "
+                "as NAME=PATH instead."
+            )
+        migrations = Setting(
+            tuple(MigrationSet(module.value, m.path) for m in migrations.value), migrations.source
+        )
+    for mset in migrations.value:
+        check_migrations_folder(mset.path, source=migrations.source)
+    modules = [m.module for m in migrations.value]
+    if len(set(modules)) != len(modules):
+        raise pytest.UsageError(
+            f"two migrations folders share the module name among {modules}: give each its own "
+            "name with NAME=PATH."
+        )
+
+    keep_cli = config.getoption("pgmig_keep")
+    keep = Setting(True, "cli") if keep_cli else Setting(bool(config.getini("pgmig_keep")), ini)
+    if not keep.value:
+        keep = Setting(False, "default")
+    return Settings(
+        migrations=migrations,
+        module=module,
+        dsn=pick(config.getoption("pgmig_dsn"), "PGMIG_DSN", "pgmig_dsn", str, None),
+        server=pick(
+            config.getoption("pgmig_server"), "PGMIG_SERVER", "pgmig_server", server_type, "auto"
+        ),
+        scope=pick(
+            config.getoption("pgmig_scope"), "PGMIG_SCOPE", "pgmig_scope", scope_type, "test"
+        ),
+        keep=keep,
+        statement_timeout=pick(
+            config.getoption("pgmig_statement_timeout"),
+            "PGMIG_STATEMENT_TIMEOUT",
+            "pgmig_statement_timeout",
+            timeout_type,
+            DEFAULT_STATEMENT_TIMEOUT,
+        ),
+        lock=bool(config.getoption("pgmig_lock")),
+    )
+
+
+def _convert(convert: Any, raw: str, where: str) -> Any:
+    try:
+        return convert(raw.strip())
+    except BadValue as exc:
+        raise pytest.UsageError(f"{exc} (from {where})") from None
+
+
+def _resolve_migrations(
+    config: pytest.Config, env: Mapping[str, str], ini: str, cwd: Path, rootdir: Path
+) -> Setting[tuple[MigrationSet, ...]]:
+    cli: list[str] | None = config.getoption("pgmig_migrations")
+    if cli:
+        return Setting(tuple(parse_migration_spec(s, cwd) for s in cli), "cli")
+    raw_env = env.get("PGMIG_MIGRATIONS", "").strip()
+    if raw_env:
+        specs = [s for s in raw_env.split(os.pathsep) if s.strip()]
+        return Setting(tuple(parse_migration_spec(s, cwd) for s in specs), "env PGMIG_MIGRATIONS")
+    lines = [line.strip() for line in config.getini("pgmig_migrations") if line.strip()]
+    if lines:
+        return Setting(tuple(parse_migration_spec(s, rootdir) for s in lines), ini)
+    return Setting((), "default")

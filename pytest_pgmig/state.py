@@ -1,0 +1,152 @@
+"""Per-process plugin state: settings, the run's server and this process's schemas."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from pytest_pgmig import settings
+from pytest_pgmig.schemas import Stats, Workspace
+from pytest_pgmig.server import ServerError, ServerHandle, ServerInfo
+
+# The embedded server serves every xdist worker at once: leave room for each worker's
+# control connection, pools and the test's own connections.
+EMBEDDED_MAX_CONNECTIONS = 300
+RESERVED_CONNECTIONS = 10
+
+
+class PgmigWarning(UserWarning):
+    """A teardown problem: reported, never turned into a test error."""
+
+
+@dataclass
+class PgmigState:
+    """Everything the plugin holds for one pytest process, kept in `config.stash`."""
+
+    config: pytest.Config
+    settings: settings.Settings
+    run: str
+    worker: str
+    workers: int = 1
+    shared_key: str | None = None
+    handle: ServerHandle | None = None
+    info: ServerInfo | None = None
+    workspace: Workspace | None = None
+    runtime: Any = None
+    server_error: str | None = None
+    stats: Stats = field(default_factory=Stats)
+    remote_info: dict[str, Any] | None = None
+    kept: list[str] = field(default_factory=list)
+    worker_slots: dict[Any, Any] = field(default_factory=dict)
+    closed: bool = False
+
+    def run(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run a coroutine on the plugin's own loop (see `pytest_pgmig.runtime`)."""
+        self.space()
+        return self.runtime.run(coro, timeout)
+
+    def server(self) -> ServerInfo:
+        """The run's server, started (or joined, under xdist) on first use."""
+        if self.info is not None:
+            return self.info
+        if self.server_error is not None:
+            pytest.fail(self.server_error, pytrace=False)
+        from pytest_pgmig import server as srv
+
+        opts = self.settings
+
+        def start() -> ServerHandle:
+            return srv.start_server(
+                requested=opts.server.value,
+                dsn=opts.dsn.value,
+                max_connections=EMBEDDED_MAX_CONNECTIONS,
+            )
+
+        try:
+            if self.shared_key is not None and not opts.dsn.value:
+                self.info = srv.acquire_shared(self.shared_key, start)
+            else:
+                self.handle = start()
+                self.info = self.handle.info
+        except ServerError as exc:
+            self.server_error = f"pgmig: {exc}"
+            pytest.fail(self.server_error, pytrace=False)
+        return self.info
+
+    def space(self) -> Workspace:
+        """This process's schemas, on a control connection made on first use."""
+        if self.workspace is not None:
+            return self.workspace
+        info = self.server()
+        from pytest_pgmig.runtime import Runtime
+
+        if self.runtime is None:
+            self.runtime = Runtime()
+        first = self.settings.migrations.value[0].module if self.settings.migrations.value else None
+        workspace = Workspace(
+            admin_dsn=info.dsn,
+            run=self.run,
+            worker=self.worker,
+            statement_timeout=self.settings.statement_timeout.value,
+            module_default=first or self.settings.module.value or "app",
+        )
+        try:
+            self.runtime.run(workspace.start())
+        except Exception as exc:
+            self.server_error = f"pgmig: cannot prepare the server {info.redacted_dsn}: {exc}"
+            pytest.fail(self.server_error, pytrace=False)
+        self.workspace = workspace
+        return workspace
+
+    def pool_size(self) -> int:
+        """Connections one test's pool may open, so N workers stay within max_connections."""
+        limit = EMBEDDED_MAX_CONNECTIONS
+        return max(2, min(10, (limit - RESERVED_CONNECTIONS) // (3 * max(1, self.workers))))
+
+    def close(self) -> None:
+        """Drop this process's schemas and release the server; safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.workspace is not None and self.runtime is not None:
+            try:
+                self.runtime.run(self.workspace.close(), timeout=60)
+            except Exception as exc:
+                warnings.warn(
+                    PgmigWarning(f"pgmig: could not drop this run's schemas: {exc}"), stacklevel=1
+                )
+            self.stats.merge(self.workspace.stats.to_dict())
+        if self.runtime is not None:
+            self.runtime.close()
+        keep_server = (
+            bool(self.stats.kept) and self.info is not None and self.info.source == "local"
+        )
+        from pytest_pgmig import server as srv
+
+        if self.shared_key is not None:
+            if not keep_server:
+                srv.release_shared(self.shared_key)
+        elif self.handle is not None:
+            if keep_server:
+                self.handle.detach()
+            else:
+                self.handle.stop()
+
+
+STATE = pytest.StashKey[PgmigState]()
+ITEM_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+# the psql hint for a failing test's kept schema, set when its call phase fails
+KEPT = pytest.StashKey[str]()
+
+
+def state_of(config: pytest.Config) -> PgmigState:
+    """The plugin's state; a usage error if the plugin was not configured."""
+    try:
+        return config.stash[STATE]
+    except KeyError:
+        raise pytest.UsageError(
+            "pytest-pgmig is not configured (was it disabled with -p no:pgmig?)"
+        ) from None
