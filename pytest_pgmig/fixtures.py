@@ -97,7 +97,7 @@ def pgmig_schema(request: pytest.FixtureRequest) -> Iterator[PgmigSchema]:
         slot = _worker_slot(state, sets)
     else:
         try:
-            slot = state.run(space.acquire(sets))
+            slot = state.call(space.acquire(sets))
         except MigrationFailed as exc:
             _fail_migration(exc)
     space.stats.setup_s.append(time.perf_counter() - started)
@@ -106,12 +106,12 @@ def pgmig_schema(request: pytest.FixtureRequest) -> Iterator[PgmigSchema]:
     kept = request.node.stash.get(KEPT, None) is not None
     if scope == "worker":
         if kept:
-            state.run(space.release(slot, terminate=True, keep=True))
+            state.call(space.release(slot, terminate=True, keep=True))
             state.worker_slots.pop(sets, None)
-        elif not state.run(space.reset(slot, terminate=False)):
+        elif not state.call(space.reset(slot, terminate=False)):
             state.worker_slots.pop(sets, None)
     else:
-        state.run(space.release(slot, terminate=True, keep=kept))
+        state.call(space.release(slot, terminate=True, keep=kept))
     space.stats.teardown_s.append(time.perf_counter() - started)
 
 
@@ -119,7 +119,7 @@ def _worker_slot(state: PgmigState, sets: Sets) -> Slot:
     slot: Slot | None = state.worker_slots.get(sets)
     if slot is None:
         try:
-            slot = state.run(state.space().acquire(sets))
+            slot = state.call(state.space().acquire(sets))
         except MigrationFailed as exc:
             _fail_migration(exc)
         state.worker_slots[sets] = slot
@@ -254,4 +254,4 @@ def pgmig_factory(
 
     yield make
     for slot in slots:
-        state.run(state.space().release(slot, terminate=True))
+        state.call(state.space().release(slot, terminate=True))

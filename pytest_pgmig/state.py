@@ -43,7 +43,7 @@ class PgmigState:
     worker_slots: dict[Any, Any] = field(default_factory=dict)
     closed: bool = False
 
-    def run(self, coro: Any, timeout: float | None = None) -> Any:
+    def call(self, coro: Any, timeout: float | None = None) -> Any:
         """Run a coroutine on the plugin's own loop (see `pytest_pgmig.runtime`)."""
         self.space()
         return self.runtime.run(coro, timeout)
