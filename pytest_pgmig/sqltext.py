@@ -116,6 +116,9 @@ def split(text: str) -> list[Statement]:
             pos = end
             continue
         if start < 0:
+            if kind == "semi":  # an empty statement
+                pos = end
+                continue
             start = pos
         if kind == "semi":
             if parens == 0 and atomic == 0:
