@@ -68,20 +68,20 @@ def _split_url(dsn: str) -> tuple[str, str | None, str, str]:
     """Split a URL DSN into (scheme://, userinfo or None, rest after '@', original).
 
     Tolerates passwords written without percent-encoding that contain ``@ / : ? %``: the
-    credentials end at the last ``@`` before the query string, or failing that the last ``@``.
+    credentials end at the last ``@`` that is not inside the query string (an ``@`` after a
+    ``?`` counts as query only once a ``key=`` has started there).
     """
     stripped = dsn.strip()
     scheme_end = stripped.index("://") + 3
     head, rest = stripped[:scheme_end], stripped[scheme_end:]
-    query_at = rest.find("?")
-    before_query = rest if query_at < 0 else rest[:query_at]
-    at = before_query.rfind("@")
-    if at < 0 and query_at >= 0:
-        # A '?' inside an unencoded password: take the last '@' of the whole string.
-        at = rest.rfind("@")
-    if at < 0:
-        return head, None, rest, stripped
-    return head, rest[:at], rest[at + 1 :], stripped
+    at = len(rest)
+    while True:
+        at = rest.rfind("@", 0, at)
+        if at < 0:
+            return head, None, rest, stripped
+        query_at = rest.find("?", 0, at)
+        if query_at < 0 or "=" not in rest[query_at:at]:
+            return head, rest[:at], rest[at + 1 :], stripped
 
 
 def _unquote_kv(value: str) -> str:

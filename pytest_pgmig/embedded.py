@@ -172,10 +172,13 @@ def cluster_account() -> Account | None:
 def run_base() -> Path:
     """The folder holding run folders: short, because unix socket paths are limited to ~107 bytes.
 
-    ``PGMIG_RUN_BASE`` overrides it (the test suite uses that for isolation).
+    ``/tmp/pytest-pgmig-<uid>``; ``PGMIG_RUN_BASE`` overrides it.
     """
     override = os.environ.get("PGMIG_RUN_BASE")
-    base = Path(override) if override else Path("/tmp") / f"pytest-pgmig-{os.geteuid()}"
+    return Path(override) if override else Path("/tmp") / f"pytest-pgmig-{os.geteuid()}"
+
+
+def _prepare_base(base: Path, account: Account | None) -> None:
     base.mkdir(mode=0o711, parents=True, exist_ok=True)
     info = base.lstat()
     if base.is_symlink() or info.st_uid != os.geteuid():
@@ -183,9 +186,18 @@ def run_base() -> Path:
             f"{base} is not a folder owned by this user; remove it or set PGMIG_RUN_BASE "
             "to a short private folder."
         )
+    if account is None:
+        return
     # The cluster's account must be able to pass through to its own run folder.
-    os.chmod(base, 0o711)
-    return base
+    os.chmod(base, (info.st_mode & 0o777) | 0o011)
+    for folder in base.resolve().parents:
+        mode = folder.stat()
+        if not (mode.st_mode & 0o001 or mode.st_uid == account.uid):
+            raise EmbeddedError(
+                f"the run folder base {base} is inside {folder}, which the {account.name!r} "
+                "account the server runs as cannot enter. Set PGMIG_RUN_BASE to a short "
+                "folder it can reach, e.g. /tmp/pytest-pgmig."
+            )
 
 
 def _start_ticks(pid: int) -> str:
@@ -657,8 +669,9 @@ def start_cluster(
         if bindir is None:
             raise EmbeddedError("no PostgreSQL server binaries (initdb, pg_ctl, postgres) found")
     base = run_base() if base is None else base
-    reap_stale(base)
     account = cluster_account()
+    _prepare_base(base, account)
+    reap_stale(base)
     run_dir = _new_run_dir(base)
     try:
         pg_dir = run_dir / "pg"

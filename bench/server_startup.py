@@ -1,0 +1,42 @@
+"""Measure the embedded server's start-up: find binaries, initdb (or cached copy), start, connect.
+
+Usage: python bench/server_startup.py [N]   (default N=10; prints each start and the median)
+
+The first start of a fresh cache pays for initdb once; later starts copy the cached cluster.
+Pass --cold to disable the cache (PGMIG_INITDB_CACHE=0) and time initdb on every start.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    if "--cold" in sys.argv:
+        os.environ["PGMIG_INITDB_CACHE"] = "0"
+    runs = int(args[0]) if args else 10
+
+    from pytest_pgmig.server import start_server
+
+    times = []
+    for i in range(runs):
+        began = time.perf_counter()
+        handle = start_server(requested="local")
+        elapsed = time.perf_counter() - began
+        times.append(elapsed)
+        print(f"start {i + 1:2d}: {elapsed * 1000:7.1f} ms  {handle.info}")
+        stopped = time.perf_counter()
+        handle.stop()
+        print(f"          stop: {(time.perf_counter() - stopped) * 1000:7.1f} ms")
+    print(
+        f"median start over {runs}: {statistics.median(times) * 1000:.1f} ms "
+        f"(min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
