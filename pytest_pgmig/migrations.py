@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -191,7 +192,7 @@ class AsyncMigrationManager:
                     "skipped": list(applied or {}),
                     "total": len(pending) + len(applied or {}),
                 }
-            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", self._lock_key)
+            await self._lock(conn)
             try:
                 if applied is None:
                     await self._ensure_table(conn)
@@ -211,7 +212,7 @@ class AsyncMigrationManager:
         """
         plan = plan_for(migration.content, migration.filename)
         async with self.db.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", self._lock_key)
+            await self._lock(conn)
             try:
                 await self._ensure_table(conn)
                 return await self._apply_one(conn, migration.filename, migration.checksum, plan)
@@ -417,6 +418,15 @@ class AsyncMigrationManager:
         if self.schema is not None:
             ddl.insert(0, create_schema_sql(self.schema))
         await run_locked_ddl(conn, self.schema, ";".join(ddl))
+
+    async def _lock(self, conn: Connection) -> None:
+        # Polled rather than waited for: a session blocked in pg_advisory_lock() holds a
+        # snapshot, and CREATE INDEX CONCURRENTLY run by the lock holder waits for every
+        # older snapshot to go away, which would deadlock the two.
+        delay = 0.001
+        while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", self._lock_key):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     async def _unlock(self, conn: Connection) -> None:
         try:

@@ -1,0 +1,99 @@
+"""Exactly-once application under 8 concurrent OS processes on a fresh schema."""
+
+# ruff: noqa: F811  (pytest fixtures imported from engine_support are redefined as arguments)
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+from engine_support import admin_dsn, schema, write  # noqa: F401
+
+pytestmark = pytest.mark.asyncio
+
+PROCESSES = 8
+REPO = Path(__file__).resolve().parent.parent
+
+CHILD = """
+import asyncio, json, sys, time
+import asyncpg
+from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager, DatabaseConfig
+
+async def main(dsn, schema, folder, mode, start_at):
+    pool = None
+    if mode == "pool":
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+        db = AsyncDatabaseManager(pool=pool, schema=schema)
+    else:
+        db = AsyncDatabaseManager(
+            DatabaseConfig(connection_string=dsn, schema=schema, max_connections=2)
+        )
+    time.sleep(max(start_at - time.time(), 0))
+    await db.connect()
+    try:
+        result = await AsyncMigrationManager(
+            db, folder, module_name="race"
+        ).apply_pending_migrations()
+    finally:
+        await db.disconnect()
+        if pool is not None:
+            await pool.close()
+    print(json.dumps({"status": result["status"], "error": result.get("error"),
+                      "applied": [a["filename"] for a in result["applied"]]}))
+
+asyncio.run(main(*sys.argv[1:5], float(sys.argv[5])))
+"""
+
+FILES = {
+    "001_users.sql": "CREATE TABLE {{tables.users}} (id serial PRIMARY KEY, email text UNIQUE);",
+    "002_seed.sql": "INSERT INTO users (email) VALUES ('admin@example.com');",
+    "003_posts.sql": "BEGIN;\nCREATE TABLE posts (id serial PRIMARY KEY, "
+    "user_id int REFERENCES users (id));\nCOMMIT;",
+    "004_index.sql": "CREATE INDEX CONCURRENTLY posts_user ON posts (user_id);",
+    "005_counter.sql": "CREATE TABLE counter (n int);\nINSERT INTO counter VALUES (1);",
+}
+
+
+@pytest.mark.parametrize("mode", ["config", "pool"])
+async def test_eight_processes_apply_each_file_exactly_once(
+    admin_dsn: str, schema: str, tmp_path: Path, mode: str
+) -> None:
+    folder = write(tmp_path / "m", dict(FILES))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    start_at = time.time() + 2.0
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, admin_dsn, schema, str(folder), mode, str(start_at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(PROCESSES)
+    ]
+    outputs = [child.communicate(timeout=120) for child in children]
+    for child, (_, err) in zip(children, outputs, strict=True):
+        assert child.returncode == 0, err
+        assert "pg_type_typname_nsp_index" not in err
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert all(r["status"] in ("success", "up_to_date") for r in results), results
+    applied = sorted(name for r in results for name in r["applied"])
+    assert applied == sorted(FILES)  # each file applied by exactly one process
+
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        rows = await conn.fetch(f'SELECT filename FROM "{schema}".schema_migrations ORDER BY id')
+        assert [row["filename"] for row in rows] == sorted(FILES)
+        assert await conn.fetchval(f'SELECT count(*) FROM "{schema}".users') == 1
+        assert await conn.fetchval(f'SELECT count(*) FROM "{schema}".counter') == 1
+    finally:
+        await conn.close()
