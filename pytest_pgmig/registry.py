@@ -13,10 +13,12 @@ _INSTALL_LOCK = 0  # objid serialising the registry's creation
 
 _FINGERPRINT = f"""
 CREATE OR REPLACE FUNCTION {REGISTRY}.fingerprint_v1(ns oid) RETURNS text
-LANGUAGE sql STABLE AS $fp$
+LANGUAGE plpgsql STABLE AS $fp$
 -- Every DDL statement writes a catalog row, and a written row has a new xmin: the set of
 -- (oid, xmin) over the schema's catalog rows changes with any DDL and with nothing else.
-SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (
+-- plpgsql, not sql: its plan is cached in the session instead of re-planned per call.
+BEGIN
+RETURN (SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (
     SELECT 'n' || n.oid || ':' || n.xmin FROM pg_namespace n WHERE n.oid = ns
     UNION ALL SELECT 'c' || c.oid || ':' || c.xmin FROM pg_class c WHERE c.relnamespace = ns
     UNION ALL SELECT 'a' || a.attrelid || '.' || a.attnum || ':' || a.xmin
@@ -39,7 +41,8 @@ SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (
         FROM pg_description o JOIN pg_class c ON c.oid = o.objoid WHERE c.relnamespace = ns
     UNION ALL SELECT 'l' || l.oid || ':' || l.xmin
         FROM pg_policy l JOIN pg_class c ON c.oid = l.polrelid WHERE c.relnamespace = ns
-) AS catalog(x)
+) AS catalog(x));
+END
 $fp$;
 """
 
@@ -141,7 +144,10 @@ BEGIN
     FROM unnest(p_seq_names, p_seq_values, p_seq_called) AS s(name, value, called)
     WHERE pg_sequence_last_value(format('%I.%I', p_schema, s.name)::regclass)
           IS DISTINCT FROM CASE WHEN s.called THEN s.value END;
-    RETURN {REGISTRY}.state_v1(p_schema, p_skip);
+    IF cardinality(dirty) > 0 AND NOT superuser THEN
+        RETURN {REGISTRY}.state_v1(p_schema, p_skip);  -- TRUNCATE gave new relfilenodes
+    END IF;
+    RETURN p_state;
 END
 $reset$;
 """
