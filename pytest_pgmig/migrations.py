@@ -465,8 +465,8 @@ class AsyncMigrationManager:
         while latest < 10**14 and int(stamp.strftime("%Y%m%d%H%M%S")) <= latest:
             stamp += timedelta(seconds=1)
         path = self.migrations_path / f"{stamp:%Y%m%d_%H%M%S}_{name}.sql"
-        if auto_transaction and _wants_wrapping(content):
-            content = f"BEGIN;\n\n{content.strip()}\n\nCOMMIT;\n"
+        if auto_transaction:
+            content = _wrap_in_transaction(content)
         path.write_text(content, encoding="utf-8")
         logger.info("Created migration %s", path)
         return str(path)
@@ -490,12 +490,18 @@ def _up_to_date(applied: dict[str, Migration]) -> dict[str, Any]:
     return {"status": "up_to_date", "applied": [], "skipped": list(applied), "total": len(applied)}
 
 
-def _wants_wrapping(content: str) -> bool:
+def _wrap_in_transaction(content: str) -> str:
+    """``BEGIN; <content>; COMMIT;`` unless it has its own or cannot run in a transaction."""
     try:
         plan = analyze(content)
     except ScanError:
-        return False
-    return plan.transactional and not any(s.kind == "begin" for s in plan.statements)
+        return content  # reported, with its line, when the file is loaded
+    if not plan.transactional or any(s.kind == "begin" for s in plan.statements):
+        return content
+    if plan.statements and not content[: plan.statements[-1].end].endswith(";"):
+        end = plan.statements[-1].end
+        content = f"{content[:end]};{content[end:]}"
+    return f"BEGIN;\n\n{content.strip()}\n\nCOMMIT;\n"
 
 
 async def _rollback(conn: Connection) -> None:
