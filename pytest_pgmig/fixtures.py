@@ -6,8 +6,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 import pytest_asyncio
 
@@ -20,7 +21,7 @@ Sets = tuple[settings.MigrationSet, ...]
 _checked_folders: set[Path] = set()
 
 
-def _fail_migration(exc: MigrationFailed) -> None:
+def _fail_migration(exc: MigrationFailed) -> NoReturn:
     failure = pytest.fail.Exception(str(exc), pytrace=False)
     # read by the plugin's report hooks: a broken migration FAILS the test, not ERRORs it
     setattr(failure, "pgmig_migration", True)  # noqa: B010
@@ -88,7 +89,10 @@ def pgmig_server(request: pytest.FixtureRequest) -> ServerInfo:
 
 @pytest.fixture
 def pgmig_schema(request: pytest.FixtureRequest) -> Iterator[PgmigSchema]:
-    """This test's migrated schema (in worker scope, the worker's): `.name`, `.module_name`, `.dsn`."""
+    """This test's migrated schema (in worker scope, the worker's).
+
+    `.name`, `.module_name` (`<lib>_<schema>`) and `.dsn` (search_path set to the schema).
+    """
     state = state_of(request.config)
     sets, scope = _marker_sets(request, state.settings)
     started = time.perf_counter()
@@ -145,8 +149,6 @@ async def pgmig_conn(
     In worker scope it runs inside a transaction rolled back at teardown; the test's own
     `conn.transaction()` blocks become savepoints.
     """
-    import asyncpg
-
     conn = await asyncpg.connect(pgmig_schema.dsn)
     outer = None
     if _scope_of(request) == "worker":
@@ -175,8 +177,6 @@ async def pgmig_pool(
     request: pytest.FixtureRequest, pgmig_schema: PgmigSchema
 ) -> AsyncIterator[Any]:
     """An asyncpg pool into the schema, sized so that every xdist worker fits the server."""
-    import asyncpg
-
     size = state_of(request.config).pool_size()
     pool = await asyncpg.create_pool(pgmig_schema.dsn, min_size=1, max_size=size)
     try:
@@ -194,7 +194,7 @@ async def pgmig_db(pgmig_schema: PgmigSchema, pgmig_conn: Any) -> AsyncIterator[
     """
     from pytest_pgmig.database import AsyncDatabaseManager
 
-    yield AsyncDatabaseManager(pool=OneConnectionPool(pgmig_conn), schema=pgmig_schema.name)  # type: ignore[arg-type]
+    yield AsyncDatabaseManager(pool=OneConnectionPool(pgmig_conn), schema=pgmig_schema.name)
 
 
 @pytest_asyncio.fixture
@@ -220,7 +220,9 @@ async def pgmig_migrations(
 def pgmig_factory(
     request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., Awaitable[PgmigSchema]]]:
-    """`await pgmig_factory(migrations=PATH, module=NAME)`: one more migrated schema, dropped at teardown.
+    """`await pgmig_factory(migrations=PATH, module=NAME)`: one more migrated schema.
+
+    Each schema it makes is dropped (or reset for reuse) at the test's teardown.
 
     Example::
 

@@ -296,9 +296,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("pgmig")
     if info is not None:
         terminalreporter.line(
-            f"server: {info.source}, PostgreSQL {'.'.join(map(str, info.version))}, {info.redacted_dsn}"
+            f"server: {info.source}, PostgreSQL {_version(info.version)}, {info.redacted_dsn}"
         )
     for line in state.stats.summary():
         terminalreporter.line(line)
     for line in state.kept:
         terminalreporter.line(line)
+
+
+def _version(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 
 REGISTRY = "pgmig_registry"
 # classid of every advisory lock the plugin takes (b"pgmi"), so ours never meet a user's keys

@@ -1,4 +1,4 @@
-"""Throwaway schemas: create and migrate them, hand them out, reset them between tests, drop them."""
+"""Throwaway schemas: create and migrate them, hand them out, reset them, drop them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 
 from pytest_pgmig import registry
 from pytest_pgmig.dsn import redact, with_search_path
@@ -134,7 +134,7 @@ class Stats:
         self.teardown_s += list(data.get("teardown_s", ()))
 
     def summary(self) -> list[str]:
-        per_test = [a + b for a, b in zip(self.setup_s, self.teardown_s)]
+        per_test = [a + b for a, b in zip(self.setup_s, self.teardown_s, strict=False)]
         total = sum(self.setup_s) + sum(self.teardown_s)
         median = statistics.median(per_test) * 1000 if per_test else 0.0
         return [
@@ -307,7 +307,7 @@ class Workspace:
         from pytest_pgmig.migrations import AsyncMigrationManager
 
         module_names: dict[str, str] = {}
-        db = AsyncDatabaseManager(pool=OneConnectionPool(self.conn), schema=name)  # type: ignore[arg-type]
+        db = AsyncDatabaseManager(pool=OneConnectionPool(self.conn), schema=name)
         for mset in sets:
             module_name = f"{mset.module}_{name}"
             module_names[mset.module] = module_name
