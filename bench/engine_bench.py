@@ -1,0 +1,140 @@
+"""Benchmark of the migration engine against `psql -f` (not a test; run it by hand).
+
+    .venv/bin/python bench/engine_bench.py [--files 200] [--repeats 7]
+
+Uses the server of PGMIG_DSN, else starts a throwaway local one (pytest_pgmig.server).
+Prints, side by side and as medians of the repeats:
+  - applying N generated migrations to a fresh schema: our engine vs `psql -f` of the same
+    SQL concatenated (each in a fresh schema, search_path set the same way);
+  - apply_pending_migrations() on an up-to-date schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from uuid import uuid4
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager
+from pytest_pgmig.dsn import redact, with_search_path
+from pytest_pgmig.server import start_server
+
+
+def migration(n: int) -> str:
+    return (
+        f"CREATE TABLE item_{n} (\n"
+        "    id serial PRIMARY KEY,\n"
+        "    name text NOT NULL,\n"
+        "    created_at timestamptz NOT NULL DEFAULT now()\n"
+        ");\n"
+        f"CREATE INDEX item_{n}_name ON item_{n} (name);\n"
+        f"INSERT INTO item_{n} (name) VALUES ('a'), ('b'), ('c');\n"
+    )
+
+
+def find_psql() -> str:
+    for candidate in (shutil.which("psql"), "/usr/lib/postgresql/15/bin/psql"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise SystemExit("psql not found")
+
+
+async def fresh_schema(pool: asyncpg.Pool) -> str:
+    name = f"bench_{uuid4().hex[:10]}"
+    await pool.execute(f'CREATE SCHEMA "{name}"')
+    return name
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--checks", type=int, default=500, help="up-to-date calls to time")
+    args = parser.parse_args()
+
+    handle = start_server(dsn=os.environ.get("PGMIG_DSN"))
+    dsn = handle.info.dsn
+    psql = find_psql()
+    folder = Path(tempfile.mkdtemp(prefix="pgmig-bench-"))
+    for n in range(1, args.files + 1):
+        (folder / f"{n:04d}_item_{n}.sql").write_text(migration(n))
+    # Files older than the loader's "racy" window, as in a real project.
+    past = time.time() - 60
+    for path in folder.iterdir():
+        os.utime(path, (past, past))
+    combined = folder.parent / f"{folder.name}.sql"
+    combined.write_text("".join(migration(n) for n in range(1, args.files + 1)))
+
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4)
+    ours_ms: list[float] = []
+    psql_ms: list[float] = []
+    schemas: list[str] = []
+    try:
+        for _ in range(args.repeats):
+            schema = await fresh_schema(pool)
+            schemas.append(schema)
+            env = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
+            started = time.perf_counter()
+            command = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(combined)]
+            subprocess.run(
+                [*command, "-d", with_search_path(dsn, schema)],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
+            psql_ms.append((time.perf_counter() - started) * 1000)
+
+            schema = await fresh_schema(pool)
+            schemas.append(schema)
+            started = time.perf_counter()
+            db = AsyncDatabaseManager(pool=pool, schema=schema)
+            result = await AsyncMigrationManager(
+                db, str(folder), module_name="bench"
+            ).apply_pending_migrations()
+            ours_ms.append((time.perf_counter() - started) * 1000)
+            assert result["status"] == "success" and len(result["applied"]) == args.files
+
+        migrations = AsyncMigrationManager(
+            AsyncDatabaseManager(pool=pool, schema=schemas[-1]), str(folder), module_name="bench"
+        )
+        checks: list[float] = []
+        for _ in range(args.checks):
+            started = time.perf_counter()
+            result = await migrations.apply_pending_migrations()
+            checks.append((time.perf_counter() - started) * 1000)
+            assert result["status"] == "up_to_date"
+    finally:
+        for schema in schemas:
+            await pool.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await pool.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        combined.unlink(missing_ok=True)
+        handle.stop()
+
+    ours, theirs = statistics.median(ours_ms), statistics.median(psql_ms)
+    check = statistics.median(checks)
+    version = ".".join(map(str, handle.info.version))
+    print(f"server: PostgreSQL {version} ({handle.info.source}) {redact(dsn)}")
+    print(f"{args.files} migrations x 3 statements, median of {args.repeats} runs:")
+    print(f"  {'what':<44} {'median ms':>10}  {'target':>10}")
+    print(f"  {'psql -f (concatenated SQL)':<44} {theirs:>10.1f}")
+    ratio = f"{ours / theirs:.2f}x"
+    print(f"  {'pytest-pgmig apply_pending_migrations()':<44} {ours:>10.1f}  {ratio:>5} <=1.5x")
+    label = f"up-to-date apply_pending_migrations() (n={args.checks})"
+    print(f"  {label:<44} {check:>10.2f}  {'<5 ms':>10}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
