@@ -70,6 +70,13 @@ BEGIN
             acc := acc || rel || '=' || h || ';';
         END IF;
     END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgmig_ddl_end'
+               AND evtenabled <> 'D') THEN
+        -- on a server of our own the DDL log answers in one probe; elsewhere the
+        -- catalog fingerprint does, at a few milliseconds
+        RETURN 'e' || coalesce((SELECT max(id) FROM {REGISTRY}.ddl
+                               WHERE schema IN (p_schema, '*')), 0) || '/' || md5(acc);
+    END IF;
     RETURN {REGISTRY}.fingerprint_v1(ns) || '/' || md5(acc);
 END
 $state$;
@@ -152,6 +159,47 @@ END
 $reset$;
 """
 
+_DDL_LOG = f"""
+CREATE TABLE IF NOT EXISTS {REGISTRY}.ddl (id bigserial PRIMARY KEY, schema text NOT NULL);
+CREATE INDEX IF NOT EXISTS ddl_schema_id ON {REGISTRY}.ddl (schema, id);
+CREATE OR REPLACE FUNCTION {REGISTRY}.log_ddl_v1() RETURNS event_trigger
+LANGUAGE plpgsql AS $log$
+-- Records which of our schemas a DDL command touched ('*' when the command names none,
+-- e.g. GRANT): a reset then knows in one index probe whether a test changed DDL.
+BEGIN
+    IF TG_EVENT = 'sql_drop' THEN
+        INSERT INTO {REGISTRY}.ddl (schema)
+        SELECT DISTINCT s FROM (
+            SELECT CASE WHEN object_type = 'schema' THEN object_identity
+                        ELSE coalesce(schema_name, '*') END AS s
+            FROM pg_event_trigger_dropped_objects()
+        ) AS d
+        WHERE (s LIKE 'pgmig\\_%' AND s <> '{REGISTRY}') OR s = '*';
+    ELSE
+        INSERT INTO {REGISTRY}.ddl (schema)
+        SELECT DISTINCT s FROM (
+            SELECT CASE WHEN object_type = 'schema' THEN object_identity
+                        ELSE coalesce(schema_name, '*') END AS s
+            FROM pg_event_trigger_ddl_commands()
+        ) AS d
+        WHERE (s LIKE 'pgmig\\_%' AND s <> '{REGISTRY}') OR s = '*';
+    END IF;
+END
+$log$;
+DO $evt$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgmig_ddl_end') THEN
+        CREATE EVENT TRIGGER pgmig_ddl_end ON ddl_command_end
+            EXECUTE FUNCTION {REGISTRY}.log_ddl_v1();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgmig_sql_drop') THEN
+        CREATE EVENT TRIGGER pgmig_sql_drop ON sql_drop
+            EXECUTE FUNCTION {REGISTRY}.log_ddl_v1();
+    END IF;
+END
+$evt$;
+"""
+
 _INSTALL = f"""
 CREATE SCHEMA IF NOT EXISTS {REGISTRY};
 CREATE TABLE IF NOT EXISTS {REGISTRY}.schemas (
@@ -165,18 +213,25 @@ CREATE TABLE IF NOT EXISTS {REGISTRY}.schemas (
 """
 
 
-async def install(conn: asyncpg.Connection) -> None:
-    """Create the registry and its functions once per server, safe against concurrent runs."""
+async def install(conn: asyncpg.Connection, *, own_server: bool) -> None:
+    """Create the registry and its functions once per server, safe against concurrent runs.
+
+    On a server the plugin started itself (`own_server`) it also installs event triggers
+    that log DDL on our schemas; a user's server never gets a database-wide trigger.
+    """
+    names = ["fingerprint_v1", "state_v1", "reset_v1"] + (["log_ddl_v1"] if own_server else [])
     present = await conn.fetchval(
         "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-        "WHERE n.nspname = $1 AND p.proname IN ('fingerprint_v1', 'state_v1', 'reset_v1')",
+        "WHERE n.nspname = $1 AND p.proname = ANY($2::text[])",
         REGISTRY,
+        names,
     )
-    if present == 3:
+    if present == len(names):
         return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS, _INSTALL_LOCK)
-        await conn.execute(_INSTALL + _FINGERPRINT + _STATE + _RESET)
+        script = _INSTALL + _FINGERPRINT + (_DDL_LOG if own_server else "") + _STATE + _RESET
+        await conn.execute(script)
 
 
 async def take_lease(conn: asyncpg.Connection) -> int:

@@ -157,7 +157,9 @@ class Workspace:
         worker: str,
         statement_timeout: float,
         module_default: str,
+        own_server: bool = False,
     ) -> None:
+        self.own_server = own_server
         self.admin_dsn = admin_dsn
         self.run = run
         self.worker = worker
@@ -186,7 +188,7 @@ class Workspace:
             "client_min_messages": "warning",
         }
         self._conn = await asyncpg.connect(self.admin_dsn, server_settings=settings, timeout=10)
-        await registry.install(self._conn)
+        await registry.install(self._conn, own_server=self.own_server)
         self._lease = await registry.take_lease(self._conn)
         return await registry.reap(self._conn)
 
