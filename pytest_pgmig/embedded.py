@@ -200,18 +200,27 @@ def _prepare_base(base: Path, account: Account | None) -> None:
             )
 
 
-def _start_ticks(pid: int) -> str:
-    """The process's start time in clock ticks since boot ("" where /proc is missing)."""
+def _proc_stat(pid: int) -> list[str]:
+    """Fields 3.. of /proc/<pid>/stat (state first), or [] where /proc is missing."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return ""
-    # Field 22; the command name (field 2) may contain spaces, so split after its ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
+        return []
+    # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot ("" where /proc is missing)."""
+    fields = _proc_stat(pid)
+    return fields[19] if len(fields) > 19 else ""
 
 
 def pid_alive(pid: int, ticks: str = "") -> bool:
-    """True when ``pid`` runs (and, given its recorded start ``ticks``, is the same process)."""
+    """True when ``pid`` runs (and, given its recorded start ``ticks``, is the same process).
+
+    A zombie counts as gone: an orphaned postmaster may wait a while for its reaper.
+    """
     if pid <= 0:
         return False
     try:
@@ -220,9 +229,11 @@ def pid_alive(pid: int, ticks: str = "") -> bool:
         return False
     except PermissionError:
         pass  # it exists, owned by someone else
-    if ticks:
-        now = _start_ticks(pid)
-        return not now or now == ticks  # a reused pid has another start time
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False
+    if ticks and len(fields) > 19:
+        return fields[19] == ticks  # a reused pid has another start time
     return True
 
 

@@ -595,7 +595,13 @@ def release_shared(run_dir_key: str) -> None:
             return
         if record is not None:
             stop_spec(record["spec"])
-        embedded.remove_tree(folder)
+        _remove_shared(folder)
+
+
+def _remove_shared(folder: Path) -> None:
+    embedded.remove_tree(folder)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()  # leave no empty base behind
 
 
 def reap_shared(run_dir_key: str) -> None:
@@ -607,4 +613,4 @@ def reap_shared(run_dir_key: str) -> None:
         record = _read_record(folder)
         if record is not None:
             stop_spec(record["spec"])
-        embedded.remove_tree(folder)
+        _remove_shared(folder)

@@ -9,13 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+from server_support import short_base
 
 from pytest_pgmig import embedded
 from pytest_pgmig.dsn import socket_dsn
@@ -27,14 +27,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def base() -> Iterator[Path]:
-    """A private run base; short, because unix socket paths are limited to ~107 bytes."""
-    folder = Path(tempfile.mkdtemp(prefix="pgm-", dir="/tmp"))
-    try:
+    with short_base() as folder:
         yield folder
-    finally:
-        for entry in folder.glob("*"):
-            embedded.stop_run_dir(entry)
-        embedded.remove_tree(folder)
 
 
 @pytest.fixture
