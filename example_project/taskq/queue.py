@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-
 from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager
+
 from taskq.models import Job, JobEvent, QueueStats
 
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from pytest_pgmig import AsyncDatabaseManager
+
 from taskq import TaskQueue
 
 

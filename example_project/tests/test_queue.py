@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
 from pytest_pgmig import AsyncDatabaseManager
+
 from taskq import DuplicateJob, JobEvent, JobNotFound, TaskQueue, UnknownQueue
 
 
