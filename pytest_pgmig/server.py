@@ -578,8 +578,14 @@ def acquire_shared(run_dir_key: str, start: Callable[[], ServerHandle]) -> Serve
     return ServerInfo.from_dict(record["info"])
 
 
-def release_shared(run_dir_key: str) -> None:
-    """Leave the shared server; the last live process out stops it and removes its files."""
+def release_shared(run_dir_key: str, *, keep: bool = False) -> None:
+    """Leave the shared server; the last live process out stops it and removes its files.
+
+    ``keep=True`` leaves the server running, also when another process is the last one
+    out (e.g. so a user can inspect kept schemas); a later run reaps it once no owner
+    process lives. :func:`reap_shared` still stops it.
+    Calling it again, or without a matching :func:`acquire_shared`, does nothing.
+    """
     if run_dir_key not in _held:
         return
     _held.discard(run_dir_key)
@@ -591,7 +597,9 @@ def release_shared(run_dir_key: str) -> None:
         record = _read_record(folder)
         if record is not None and record["spec"].get("kind") == "local":
             embedded.remove_owner(Path(record["spec"]["run_dir"]))
-        if _live_users(folder):
+        if keep:
+            (folder / "keep").touch()
+        if _live_users(folder) or (folder / "keep").exists():
             return
         if record is not None:
             stop_spec(record["spec"])

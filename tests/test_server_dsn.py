@@ -195,8 +195,9 @@ import json, sys
 from pytest_pgmig import server
 info = server.acquire_shared(sys.argv[1], server.start_local)
 print(json.dumps(info.to_dict()), flush=True)
-if sys.stdin.readline().strip() == "release":
-    server.release_shared(sys.argv[1])
+command = sys.stdin.readline().strip()
+if command.startswith("release"):
+    server.release_shared(sys.argv[1], keep=command == "release-keep")
     print("released", flush=True)
 sys.stdin.readline()
 """
@@ -227,7 +228,7 @@ class Member:
         assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
-        return self.process.stdout.readline().strip() if line == "release" else ""
+        return self.process.stdout.readline().strip() if line.startswith("release") else ""
 
     def finish(self) -> None:
         if self.process.poll() is None:
@@ -287,3 +288,21 @@ def test_dead_members_do_not_count_and_reap_stops_the_rest(base: Path) -> None:
     assert not embedded.pid_alive(postmaster)
     assert not run_dirs(base)
     assert not base.exists()
+
+
+def test_a_kept_shared_server_outlives_its_members_until_reaped(base: Path) -> None:
+    first, second = Member("run-d"), Member("run-d")
+    try:
+        info = first.info()
+        assert second.info() == info
+        assert first.say("release-keep") == "released"
+        assert second.say("release") == "released"
+        first.finish()
+        second.finish()
+        # Kept after both left (and after they exited: no atexit release stops it).
+        assert server.probe(info.dsn) == info.version
+    finally:
+        first.finish()
+        second.finish()
+        server.reap_shared("run-d")
+    assert not run_dirs(base)
