@@ -100,6 +100,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("pgmig_scope", "test or worker")
     parser.addini("pgmig_keep", "keep failing tests' schemas", type="bool", default=False)
     parser.addini("pgmig_statement_timeout", "statement timeout for migrations, seconds")
+    parser.addini(
+        "pgmig_ddl_log",
+        "on a --pgmig-dsn server you own: install event triggers that make the per-test DDL "
+        "check cheap (env PGMIG_DDL_LOG=1)",
+        type="bool",
+        default=False,
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -190,6 +197,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [
         f"pgmig: server {server}; migrations {folders} [{opts.migrations.source}]; "
         f"scope {opts.scope}; keep {opts.keep}"
+        + (f"; ddl log {opts.ddl_log}" if opts.ddl_log.value else "")
     ] + [f"pgmig: {note}" for note in config.stash.get(NOTES, [])]
 
 

@@ -52,6 +52,7 @@ class Settings:
     statement_timeout: Setting[float]
     lock: bool = False
     module: Setting[str | None] = field(default_factory=lambda: Setting(None, "default"))
+    ddl_log: Setting[bool] = field(default_factory=lambda: Setting(False, "default"))
 
 
 def scope_type(value: str) -> str:
@@ -216,7 +217,19 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> 
             DEFAULT_STATEMENT_TIMEOUT,
         ),
         lock=bool(config.getoption("pgmig_lock")),
+        ddl_log=_resolve_ddl_log(config, env, ini),
     )
+
+
+def _resolve_ddl_log(config: pytest.Config, env: Mapping[str, str], ini: str) -> Setting[bool]:
+    raw = env.get("PGMIG_DDL_LOG", "").strip().lower()
+    if raw:
+        if raw not in ("1", "true", "yes", "0", "false", "no"):
+            raise pytest.UsageError(f"PGMIG_DDL_LOG={raw!r}: use 1 or 0")
+        return Setting(raw in ("1", "true", "yes"), "env PGMIG_DDL_LOG")
+    if config.getini("pgmig_ddl_log"):
+        return Setting(True, ini)
+    return Setting(False, "default")
 
 
 def _convert(convert: Any, raw: str, where: str) -> Any:

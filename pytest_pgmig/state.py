@@ -92,7 +92,7 @@ class PgmigState:
             worker=self.worker,
             statement_timeout=self.settings.statement_timeout.value,
             module_default=first or self.settings.module.value or "app",
-            own_server=info.source != "dsn",
+            own_server=info.source != "dsn" or self.settings.ddl_log.value,
         )
         try:
             self.runtime.run(workspace.start())
