@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import asyncpg
@@ -15,16 +15,9 @@ from pytest_pgmig.database import AsyncDatabaseManager, DatabaseConfig
 
 
 @pytest.fixture
-def admin_dsn(request: pytest.FixtureRequest) -> str:
+def admin_dsn(pgmig_server: Any) -> str:
     """The admin DSN of the plugin's session server."""
-    try:
-        server = request.getfixturevalue("pgmig_server")
-    except pytest.FixtureLookupError:
-        # Until the plugin's pgmig_server fixture exists.
-        if "PGMIG_DSN" not in os.environ:
-            pytest.skip("needs the pgmig_server fixture or PGMIG_DSN")
-        return os.environ["PGMIG_DSN"]
-    return str(server.dsn)
+    return str(pgmig_server.dsn)
 
 
 @pytest_asyncio.fixture

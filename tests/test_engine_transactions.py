@@ -191,3 +191,17 @@ async def test_dollar_quotes_and_begin_atomic_bodies(
     )
     assert (await run(db, folder))["status"] == "success"
     assert await db.fetch_value("SELECT {{schema}}.f() + {{schema}}.g()") == 3
+
+
+async def test_bom_and_crlf_files_apply(db: AsyncDatabaseManager, tmp_path: Path) -> None:
+    folder = write(
+        tmp_path / "m",
+        {
+            "001_bom.sql": b"\xef\xbb\xbfCREATE TABLE bom (id int);\r\n",
+            "002_crlf.sql": b"CREATE TABLE crlf (id int);\r\n\r\nSELEC 1;\r\n",
+        },
+    )
+    result = await run(db, folder)
+    assert result["status"] == "error" and result["failed_migration"] == "002_crlf.sql"
+    assert result["line"] == 3
+    assert await tables(db) == ["bom"]
