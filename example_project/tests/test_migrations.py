@@ -1,0 +1,38 @@
+"""The migrations themselves, through `pgmig_migrations` (the manager that migrated the schema)."""
+
+from __future__ import annotations
+
+from pytest_pgmig import AsyncMigrationManager
+
+from taskq import MIGRATIONS
+
+FILES = sorted(path.name for path in MIGRATIONS.glob("*.sql"))
+
+
+async def test_rerun_is_up_to_date(pgmig_migrations: AsyncMigrationManager) -> None:
+    result = await pgmig_migrations.apply_pending_migrations()
+    assert result["status"] == "up_to_date"
+    assert result["applied"] == []
+    assert sorted(result["skipped"]) == FILES
+
+
+async def test_dry_run_lists_nothing_pending(pgmig_migrations: AsyncMigrationManager) -> None:
+    result = await pgmig_migrations.apply_pending_migrations(dry_run=True)
+    assert result.get("pending", []) == []
+    assert await pgmig_migrations.get_pending_migrations() == []
+
+
+async def test_history_lists_every_file(
+    pgmig_migrations: AsyncMigrationManager, pgmig_schema
+) -> None:
+    history = await pgmig_migrations.get_migration_history(limit=100)
+    assert sorted(entry["filename"] for entry in history) == FILES
+    assert {entry["module_name"] for entry in history} == {f"taskq_{pgmig_schema.name}"}
+    assert pgmig_migrations.module_name == pgmig_schema.module_name == f"taskq_{pgmig_schema.name}"
+
+
+async def test_checksums_match_the_files(pgmig_migrations: AsyncMigrationManager) -> None:
+    applied = await pgmig_migrations.get_applied_migrations()
+    on_disk = {m.filename: m.checksum for m in await pgmig_migrations.find_migration_files()}
+    assert {name: m.checksum for name, m in applied.items()} == on_disk
+    assert len(on_disk) >= 6
