@@ -107,8 +107,14 @@ def _bad(message: str) -> BadValue:
 
 
 def default_module(path: Path) -> str:
-    """The `<lib>` for a migrations folder: the name of the folder that holds it."""
-    return module_type(path.resolve().parent.name or "app")
+    """The `<lib>` for a migrations folder: the name of the folder that holds it.
+
+    A default must never fail: a long or odd folder name is shortened, not rejected.
+    """
+    name = re.sub(r"[^0-9a-z_]+", "_", path.resolve().parent.name.lower()).strip("_")
+    if name and name[0].isdigit():
+        name = f"m_{name}"
+    return name[:MAX_MODULE_LEN].rstrip("_") or "app"
 
 
 def parse_migration_spec(spec: str, base: Path) -> MigrationSet:
@@ -242,14 +248,20 @@ def _convert(convert: Any, raw: str, where: str) -> Any:
 def _resolve_migrations(
     config: pytest.Config, env: Mapping[str, str], ini: str, cwd: Path, rootdir: Path
 ) -> Setting[tuple[MigrationSet, ...]]:
+    def parse_all(specs: list[str], base: Path, source: str) -> Setting[tuple[MigrationSet, ...]]:
+        try:
+            return Setting(tuple(parse_migration_spec(s, base) for s in specs), source)
+        except BadValue as exc:
+            raise pytest.UsageError(f"pgmig migrations: {exc} (from {source})") from None
+
     cli: list[str] | None = config.getoption("pgmig_migrations")
     if cli:
-        return Setting(tuple(parse_migration_spec(s, cwd) for s in cli), "cli")
+        return parse_all(cli, cwd, "cli")
     raw_env = env.get("PGMIG_MIGRATIONS", "").strip()
     if raw_env:
         specs = [s for s in raw_env.split(os.pathsep) if s.strip()]
-        return Setting(tuple(parse_migration_spec(s, cwd) for s in specs), "env PGMIG_MIGRATIONS")
+        return parse_all(specs, cwd, "env PGMIG_MIGRATIONS")
     lines = [line.strip() for line in config.getini("pgmig_migrations") if line.strip()]
     if lines:
-        return Setting(tuple(parse_migration_spec(s, rootdir) for s in lines), ini)
+        return parse_all(lines, rootdir, ini)
     return Setting((), "default")
