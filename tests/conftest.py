@@ -1,0 +1,52 @@
+"""Fixtures for the plugin's pytester tests (helpers live in plugin_support.py)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from plugin_support import REAL_CACHE, run_dirs
+
+from pytest_pgmig import embedded
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """An admin DSN on an embedded server of these tests' own, shared by the inner runs.
+
+    Inner runs given `--pgmig-dsn` skip the server start-up; the plugin's registry keeps
+    concurrent runs on one server apart.
+    """
+    from pytest_pgmig.server import start_server
+
+    handle = start_server(requested="local", max_connections=200)
+    try:
+        yield handle.info.dsn
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def run_base(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private run base for inner runs' embedded servers (short: socket paths are limited)."""
+    folder = Path(tempfile.mkdtemp(prefix="pgm-", dir="/tmp"))
+    monkeypatch.setenv("PGMIG_RUN_BASE", str(folder))
+    monkeypatch.setenv("PGMIG_CACHE_DIR", REAL_CACHE)
+    try:
+        yield folder
+    finally:
+        for entry in run_dirs(folder):
+            embedded.stop_run_dir(entry)
+        embedded.remove_tree(folder)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plugin tests must not inherit PGMIG_* settings from the shell that runs them."""
+    for name in list(os.environ):
+        if name.startswith("PGMIG_") and name not in ("PGMIG_PG_BINDIR",):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PGMIG_CACHE_DIR", REAL_CACHE)
