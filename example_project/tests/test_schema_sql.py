@@ -26,10 +26,14 @@ async def test_running_job_must_name_its_worker(pgmig_conn: asyncpg.Connection) 
 
 
 async def test_queue_name_and_attempts_are_checked(pgmig_conn: asyncpg.Connection) -> None:
+    # savepoints keep the test's transaction usable after each error (see worker scope)
     with pytest.raises(asyncpg.CheckViolationError):
-        await pgmig_conn.execute("INSERT INTO queues (name) VALUES ('Bad Name')")
+        async with pgmig_conn.transaction():
+            await pgmig_conn.execute("INSERT INTO queues (name) VALUES ('Bad Name')")
     with pytest.raises(asyncpg.CheckViolationError):
-        await pgmig_conn.execute("INSERT INTO queues (name, max_attempts) VALUES ('x', 0)")
+        async with pgmig_conn.transaction():
+            await pgmig_conn.execute("INSERT INTO queues (name, max_attempts) VALUES ('x', 0)")
+    assert await pgmig_conn.fetchval("SELECT count(*) FROM queues") == 3
 
 
 async def test_deleting_a_queue_cascades_to_its_jobs_and_events(
