@@ -418,7 +418,7 @@ def _cache_key(bindir: Path, account: Account | None) -> str:
     postgres = Path(os.path.realpath(bindir / "postgres"))
     info = postgres.stat()
     uid = account.uid if account else os.geteuid()
-    text = f"{postgres}|{info.st_size}|{info.st_mtime_ns}|{uid}|v1"
+    text = f"{postgres}|{info.st_size}|{info.st_mtime_ns}|{uid}|v2"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -446,6 +446,9 @@ def _initdb(bindir: Path, data_dir: Path, account: Account | None, log: Path) ->
         "-D",
         str(data_dir),
         "--no-sync",
+        # 1 MB WAL segments instead of 16: the fresh cluster (and each copy of it) shrinks
+        # from ~39 MB to ~24 MB, and throwaway data never needs long WAL segments.
+        "--wal-segsize=1",
         "-E",
         "UTF8",
         "--locale",
@@ -705,9 +708,9 @@ def start_cluster(
             made_by, entry = _prepare_data(bindir, pg_dir / "data", account, log)
             process = _spawn(bindir, pg_dir, account, max_connections, log)
             _wait_ready(process, pg_dir / "data", log)
-    except BaseException:
+        return EmbeddedCluster(
+            bindir=bindir, run_dir=run_dir, account=account, process=process, made_by=made_by
+        )
+    except BaseException:  # also Ctrl-C halfway through: leave nothing behind
         stop_run_dir(run_dir)
         raise
-    return EmbeddedCluster(
-        bindir=bindir, run_dir=run_dir, account=account, process=process, made_by=made_by
-    )
