@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pytest_pgmig import AsyncMigrationManager
+from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager, DatabaseConfig
 
-from taskq import MIGRATIONS
+from taskq import MIGRATIONS, TaskQueue, migrate
 
 FILES = sorted(path.name for path in MIGRATIONS.glob("*.sql"))
 
@@ -36,3 +36,21 @@ async def test_checksums_match_the_files(pgmig_migrations: AsyncMigrationManager
     on_disk = {m.filename: m.checksum for m in await pgmig_migrations.find_migration_files()}
     assert {name: m.checksum for name, m in applied.items()} == on_disk
     assert len(on_disk) >= 6
+
+
+async def test_app_startup_agrees_with_the_plugin(pgmig_schema) -> None:
+    # The wiring of the README, on the test's schema: the app's own migrate() tracks the
+    # files as taskq_<schema>, the same module_name the plugin used, so nothing is pending.
+    db = AsyncDatabaseManager(
+        DatabaseConfig(connection_string=pgmig_schema.dsn, schema=pgmig_schema.name)
+    )
+    await db.connect()
+    try:
+        assert (await migrate(db))["status"] == "up_to_date"
+        tq = TaskQueue(db)
+        await tq.enqueue("emails", {"to": "ada@example.com"}, dedupe_key="welcome:ada")
+        claimed = await tq.claim("emails", worker="w1")
+        assert claimed is not None
+        assert (await tq.complete(claimed.id, worker="w1")).status == "done"
+    finally:
+        await db.disconnect()
