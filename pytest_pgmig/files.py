@@ -171,6 +171,26 @@ def load_migrations(path: str | os.PathLike[str]) -> tuple[MigrationFile, ...]:
     return result
 
 
+_fingerprints: dict[int, tuple[tuple[MigrationFile, ...], str]] = {}
+
+
+def fingerprint(migrations: tuple[MigrationFile, ...]) -> str:
+    """sha256 of ``name:checksum`` lines in name order (what the tracking table should hold).
+
+    Cached per `load_migrations` result, so the up-to-date check costs no hashing.
+    """
+    hit = _fingerprints.get(id(migrations))
+    if hit is not None and hit[0] is migrations:
+        return hit[1]
+    ordered = sorted(migrations, key=lambda m: m.filename)
+    lines = [f"{m.filename}:{m.checksum}" for m in ordered]
+    digest = hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+    if len(_fingerprints) > 64:
+        _fingerprints.clear()
+    _fingerprints[id(migrations)] = (migrations, digest)
+    return digest
+
+
 def check_order(migrations: list[MigrationFile]) -> tuple[MigrationFile, ...]:
     """Sort by version; raise `MigrationError` if versions repeat or name order disagrees."""
     by_version = sorted(migrations, key=lambda m: (int(m.version), m.filename))

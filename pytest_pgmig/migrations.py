@@ -21,7 +21,13 @@ from pytest_pgmig.database import (
     sql_literal,
 )
 from pytest_pgmig.errors import MigrationError
-from pytest_pgmig.files import MigrationFile, load_migrations, parse_version, plan_for
+from pytest_pgmig.files import (
+    MigrationFile,
+    fingerprint,
+    load_migrations,
+    parse_version,
+    plan_for,
+)
 from pytest_pgmig.sqltext import ScanError, ScriptPlan, analyze, excerpt, line_of
 from pytest_pgmig.templates import (
     TemplateError,
@@ -128,7 +134,13 @@ class AsyncMigrationManager:
         self._lock_key = f"pgdbm_migration_{self.module_name}"
         self._select_applied = (
             f"SELECT filename, checksum, applied_at, module_name FROM {self._table} "
-            "WHERE module_name = $1 OR module_name IS NULL ORDER BY filename"
+            'WHERE module_name = $1 OR module_name IS NULL ORDER BY filename COLLATE "C"'
+        )
+        # One row instead of one per file for the common "nothing to do" answer.
+        self._select_fingerprint = (
+            "SELECT count(*), encode(sha256(convert_to(string_agg(filename || ':' || checksum, "
+            f"E'\\n' ORDER BY filename COLLATE \"C\"), 'UTF8')), 'hex') FROM {self._table} "
+            "WHERE module_name = $1 OR module_name IS NULL"
         )
 
     # -- discovery --------------------------------------------------------------------
@@ -180,10 +192,12 @@ class AsyncMigrationManager:
         """
         files = load_migrations(self.migrations_path)
         async with self.db.acquire() as conn:
+            if await self._all_applied(conn, files):
+                return _up_to_date([file.filename for file in files])
             applied = await self._read_applied(conn)
             pending = self._pending(files, applied or {})
             if not pending:
-                return _up_to_date(applied or {})
+                return _up_to_date(list(applied or {}))
             if dry_run:
                 return {
                     "status": "dry_run",
@@ -200,7 +214,7 @@ class AsyncMigrationManager:
                 applied = await self._read_applied(conn) or {}
                 pending = self._pending(files, applied)
                 if not pending:
-                    return _up_to_date(applied)
+                    return _up_to_date(list(applied))
                 return await self._apply_all(conn, pending, applied)
             finally:
                 await self._unlock(conn)
@@ -374,6 +388,14 @@ class AsyncMigrationManager:
 
     # -- tracking ---------------------------------------------------------------------
 
+    async def _all_applied(self, conn: Connection, files: tuple[MigrationFile, ...]) -> bool:
+        """Whether the tracked rows are exactly ``files`` with their checksums."""
+        try:
+            count, digest = await conn.fetchrow(self._select_fingerprint, self.module_name)
+        except _NO_TABLE:
+            return False
+        return bool(count == len(files) and digest == fingerprint(files))
+
     async def _read_applied(self, conn: Connection) -> dict[str, Migration] | None:
         try:
             rows = await conn.fetch(self._select_applied, self.module_name)
@@ -486,8 +508,8 @@ def _migration(file: MigrationFile) -> Migration:
     return Migration(filename=file.filename, checksum=file.checksum, content=file.content)
 
 
-def _up_to_date(applied: dict[str, Migration]) -> dict[str, Any]:
-    return {"status": "up_to_date", "applied": [], "skipped": list(applied), "total": len(applied)}
+def _up_to_date(skipped: list[str]) -> dict[str, Any]:
+    return {"status": "up_to_date", "applied": [], "skipped": skipped, "total": len(skipped)}
 
 
 def _wrap_in_transaction(content: str) -> str:

@@ -14,8 +14,13 @@ from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager, MigrationE
 pytestmark = pytest.mark.asyncio
 
 
+def module(db: AsyncDatabaseManager) -> str:
+    # Unique per test: the migration lock is keyed on the module name alone (as in pgdbm).
+    return f"app_{db.schema}"
+
+
 async def run(db: AsyncDatabaseManager, folder: Path) -> dict[str, object]:
-    migrations = AsyncMigrationManager(db, str(folder), module_name="app")
+    migrations = AsyncMigrationManager(db, str(folder), module_name=module(db))
     return await migrations.apply_pending_migrations()
 
 
@@ -34,7 +39,13 @@ async def tracked(db: AsyncDatabaseManager) -> list[str]:
 
 
 async def advisory_locks(db: AsyncDatabaseManager) -> int:
-    return int(await db.fetch_value("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))
+    """How many sessions hold the test's migration lock."""
+    query = """
+        SELECT count(*) FROM pg_locks, (SELECT hashtext($1)::bigint AS key) AS k
+        WHERE locktype = 'advisory' AND objid = (key & 4294967295)::oid
+          AND classid = ((key >> 32) & 4294967295)::oid
+    """
+    return int(await db.fetch_value(query, f"pgdbm_migration_{module(db)}"))
 
 
 async def test_explicit_begin_commit_file_applies(db: AsyncDatabaseManager, tmp_path: Path) -> None:
@@ -104,7 +115,7 @@ async def test_error_line_and_caret_account_for_templates(
 
 async def test_apply_migration_raises_with_line(db: AsyncDatabaseManager, tmp_path: Path) -> None:
     folder = write(tmp_path / "m", {"001_a.sql": "SELECT 1;\n\nSELEC 2;\n"})
-    migrations = AsyncMigrationManager(db, str(folder), module_name="app")
+    migrations = AsyncMigrationManager(db, str(folder), module_name=module(db))
     (migration,) = await migrations.find_migration_files()
     with pytest.raises(MigrationError) as info:
         await migrations.apply_migration(migration)
