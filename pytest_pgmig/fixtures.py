@@ -25,7 +25,9 @@ def _fail_migration(exc: MigrationFailed) -> NoReturn:
     failure = pytest.fail.Exception(str(exc), pytrace=False)
     # read by the plugin's report hooks: a broken migration FAILS the test, not ERRORs it
     setattr(failure, "pgmig_migration", True)  # noqa: B010
-    raise failure
+    # Called inside `except MigrationFailed`: without `from None` the report prints the
+    # message twice, joined by "During handling of the above exception...".
+    raise failure from None
 
 
 def _marker_sets(request: pytest.FixtureRequest, opts: settings.Settings) -> tuple[Sets, str]:
