@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from plugin_support import make_project, schemas_like, write_migrations
 
-from pytest_pgmig.settings import module_type
+from pytest_pgmig.settings import default_module
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -32,7 +32,7 @@ def test_pgmig_server(pytester: pytest.Pytester, server_dsn: str) -> None:
 
 
 def test_pgmig_schema(pytester: pytest.Pytester, server_dsn: str) -> None:
-    lib = module_type(pytester.path.name)
+    lib = default_module(pytester.path / "migrations")
     make_project(
         pytester,
         f"""
