@@ -15,7 +15,7 @@ import pytest_asyncio
 from pytest_pgmig import settings
 from pytest_pgmig.schemas import MigrationFailed, OneConnectionPool, PgmigSchema, Slot
 from pytest_pgmig.server import ServerInfo
-from pytest_pgmig.state import KEPT, PgmigState, state_of
+from pytest_pgmig.state import KEPT, SCHEMA, PgmigState, state_of
 
 Sets = tuple[settings.MigrationSet, ...]
 _checked_folders: set[Path] = set()
@@ -107,6 +107,7 @@ def pgmig_schema(request: pytest.FixtureRequest) -> Iterator[PgmigSchema]:
         except MigrationFailed as exc:
             _fail_migration(exc)
     space.stats.setup_s.append(time.perf_counter() - started)
+    request.node.stash[SCHEMA] = slot.schema
     yield slot.schema
     started = time.perf_counter()
     kept = request.node.stash.get(KEPT, None) is not None

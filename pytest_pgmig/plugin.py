@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import secrets
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_pgmig import lockfile, settings
+from pytest_pgmig.dsn import redact
 from pytest_pgmig.fixtures import (
     pgmig_conn,
     pgmig_db,
@@ -20,7 +22,7 @@ from pytest_pgmig.fixtures import (
     pgmig_server,
 )
 from pytest_pgmig.server import ServerInfo
-from pytest_pgmig.state import ITEM_REPORTS, KEPT, STATE, PgmigState
+from pytest_pgmig.state import ITEM_REPORTS, KEPT, SCHEMA, STATE, PgmigState
 
 __all__ = [
     "pgmig_conn",
@@ -174,6 +176,7 @@ class XdistHooks:
         output = getattr(node, "workeroutput", None) or {}
         if "pgmig_stats" in output:
             self.state.stats.merge(output["pgmig_stats"])
+        self.state.kept.extend(output.get("pgmig_kept", ()))
         if output.get("pgmig_server") and self.state.remote_info is None:
             self.state.remote_info = output["pgmig_server"]
 
@@ -255,11 +258,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         # A broken migration fails the tests that need it; it is not an error in them.
         report.pgmig_failed = True  # type: ignore[attr-defined]
     state = item.config.stash.get(STATE, None)
-    if state is not None and report.when == "call" and report.failed:
-        name = item.stash.get(KEPT, None)
-        if name is not None:
-            report.sections.append(("pgmig", name))
+    if state is not None and report.when == "call" and report.failed and state.settings.keep.value:
+        schema = item.stash.get(SCHEMA, None)
+        if schema is not None and KEPT not in item.stash:
+            # Set before teardown, which reads KEPT to keep the schema instead of resetting it.
+            hint = kept_hint(item.nodeid, schema)
+            item.stash[KEPT] = hint
+            state.kept.append(hint)
+            report.sections.append(("pgmig: schema kept", hint))
     return report
+
+
+def kept_hint(nodeid: str, schema: Any) -> str:
+    """The line naming a failing test's kept schema, with a psql command ready to paste."""
+    command = f"psql {shlex.quote(redact(schema.dsn))}"
+    return f"{nodeid}: schema {schema.name} kept; inspect it with: {command}"
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
@@ -277,6 +290,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["pgmig_stats"] = state.stats.to_dict()
+        workeroutput["pgmig_kept"] = list(state.kept)
         if state.info is not None:
             workeroutput["pgmig_server"] = state.info.to_dict()
 
