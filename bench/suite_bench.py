@@ -1,0 +1,298 @@
+"""Per-test isolation cost: pytest-pgmig against a no-isolation floor and pytest-postgresql.
+
+Generates a migration set (M files creating T tables: serial key, unique column, index,
+foreign key to the previous table, timestamps, and a trigger function) and a suite of N
+tests, each inserting a row into the first table and reading it back through psycopg. The
+test bodies and driver are the same for every contender; only the `conn` fixture differs:
+
+  a. floor       one pre-migrated schema, one connection, no isolation
+  b. test        pytest-pgmig --pgmig-scope=test, a connection per test
+  c. worker      pytest-pgmig --pgmig-scope=worker, a connection per worker
+  d. pg-postgresql  pytest-postgresql's postgresql_noproc + load, a database per test
+  e. b and c under -n 2
+
+All on one embedded server started here; pytest-pgmig runs with --pgmig-dsn and
+PGMIG_DDL_LOG=1 (the event-trigger DDL log it installs on a server of its own; the row
+"test, no DDL log" shows the catalog-fingerprint path a shared server gets). Each figure is
+the median wall time of --repeat runs, measured side by side in one invocation.
+
+    python bench/suite_bench.py                 # default set, M=11 T=10, N=200
+    python bench/suite_bench.py --large         # also M=51 T=50
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import psycopg
+
+from pytest_pgmig.server import start_local
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def migration_files(tables: int, files: int) -> list[tuple[str, str]]:
+    """M files: the first defines the trigger function, the others spread the T tables."""
+    out = [
+        (
+            "001_functions.sql",
+            textwrap.dedent(
+                """\
+                CREATE FUNCTION touch_updated_at() RETURNS trigger AS $$
+                BEGIN
+                    NEW.updated_at = now();
+                    RETURN NEW;
+                END;
+                $$ LANGUAGE plpgsql;
+                """
+            ),
+        )
+    ]
+    per_file = [[] for _ in range(files - 1)]
+    for t in range(1, tables + 1):
+        per_file[(t - 1) % (files - 1)].append(t)
+    for index, group in enumerate(per_file, start=2):
+        body = []
+        for t in group:
+            fk = f",\n    parent_id integer REFERENCES t{t - 1} (id)" if t > 1 else ""
+            body.append(
+                f"CREATE TABLE t{t} (\n    id serial PRIMARY KEY,\n    name text UNIQUE NOT NULL,"
+                f"\n    created_at timestamptz NOT NULL DEFAULT now(),\n"
+                f"    updated_at timestamptz NOT NULL DEFAULT now(){fk}\n);\n"
+                f"CREATE INDEX t{t}_created ON t{t} (created_at);\n"
+                f"CREATE TRIGGER t{t}_touch BEFORE UPDATE ON t{t} "
+                f"FOR EACH ROW EXECUTE FUNCTION touch_updated_at();\n"
+            )
+        out.append((f"{index:03d}_tables.sql", "".join(body) or "SELECT 1;\n"))
+    # versions must be ordered both ways: files are few, tables may be many, so sort by file
+    return sorted(out)
+
+
+TEST_BODY = """
+import pytest
+
+
+@pytest.mark.parametrize("i", range({n}))
+def test_roundtrip(conn, i):
+    row = conn.execute("INSERT INTO t1 (name) VALUES (%s) RETURNING id", (f"n{{i}}",)).fetchone()
+    assert conn.execute("SELECT name FROM t1 WHERE id = %s", (row[0],)).fetchone()[0] == f"n{{i}}"
+"""
+
+FIRST_TEST_HOOK = """
+import os, time
+_seen = []
+def pytest_runtest_call(item):
+    if not _seen and os.environ.get("BENCH_FIRST"):
+        _seen.append(1)
+        with open(os.environ["BENCH_FIRST"], "a") as f:
+            f.write(f"{time.time()}\\n")
+"""
+
+CONFTESTS = {
+    "floor": """
+import psycopg, pytest
+@pytest.fixture(scope="session")
+def _session_conn():
+    c = psycopg.connect(os.environ["BENCH_FLOOR_DSN"], autocommit=True)
+    yield c
+    c.close()
+@pytest.fixture
+def conn(_session_conn):
+    return _session_conn
+""",
+    "pgmig-test": """
+import psycopg, pytest
+@pytest.fixture
+def conn(pgmig_dsn):
+    c = psycopg.connect(pgmig_dsn, autocommit=True)
+    yield c
+    c.close()
+""",
+    "pgmig-worker": """
+import psycopg, pytest
+_conns = {}
+@pytest.fixture
+def conn(pgmig_dsn):
+    c = _conns.get(pgmig_dsn)
+    if c is None or c.closed:
+        c = _conns[pgmig_dsn] = psycopg.connect(pgmig_dsn, autocommit=True)
+    return c
+""",
+    "pytest-postgresql": """
+import pathlib
+import pytest
+from pytest_postgresql import factories
+postgresql_noproc_fx = factories.postgresql_noproc(
+    host=os.environ["BENCH_HOST"], port=int(os.environ["BENCH_PORT"]), user="postgres",
+    dbname="bench_ppg", load=[pathlib.Path(os.environ["BENCH_SQL"])],
+)
+postgresql = factories.postgresql("postgresql_noproc_fx")
+@pytest.fixture
+def conn(postgresql):
+    return postgresql
+""",
+}
+
+
+def write_suite(folder: Path, kind: str, n: int) -> None:
+    folder.mkdir(parents=True)
+    (folder / "test_bench.py").write_text(TEST_BODY.format(n=n))
+    (folder / "conftest.py").write_text("import os\n" + FIRST_TEST_HOOK + CONFTESTS[kind])
+
+
+def run_once(folder: Path, args: list[str], env: dict[str, str]) -> tuple[float, float]:
+    first = folder / "first.txt"
+    first.unlink(missing_ok=True)
+    env = {**env, "BENCH_FIRST": str(first)}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
+    start = time.time()
+    proc = subprocess.run(cmd + args, cwd=folder, env=env, capture_output=True, text=True)
+    wall = time.time() - start
+    if proc.returncode != 0:
+        sys.exit(
+            f"benchmark run failed in {folder} {args}:\n{proc.stdout[:3000]}\n...\n{proc.stdout[-1500:]}{proc.stderr[-2000:]}"
+        )
+    firsts = [float(x) for x in first.read_text().split()] if first.exists() else [start]
+    return wall, min(firsts) - start
+
+
+def bench_set(
+    base: Path,
+    dsn: str,
+    host: str,
+    port: int,
+    *,
+    files: int,
+    tables: int,
+    n: int,
+    repeat: int,
+    contenders: list[str],
+) -> dict[str, tuple[float, float]]:
+    mig = base / "migrations"
+    mig.mkdir(parents=True)
+    sql = []
+    for name, text in migration_files(tables, files):
+        (mig / name).write_text(text)
+        sql.append(text)
+    schema_sql = base / "schema.sql"
+    schema_sql.write_text("\n".join(sql))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS bench_floor CASCADE")
+        conn.execute("CREATE SCHEMA bench_floor")
+        conn.execute("SET search_path TO bench_floor")
+        conn.execute("\n".join(sql))
+    env = {
+        **os.environ,
+        "BENCH_FLOOR_DSN": f"{dsn}&options=-c%20search_path%3Dbench_floor",
+        "BENCH_HOST": host,
+        "BENCH_PORT": str(port),
+        "BENCH_SQL": str(schema_sql),
+        "PGMIG_DSN": dsn,
+        "PGMIG_MIGRATIONS": str(mig),
+        "PGMIG_DDL_LOG": "1",
+    }
+    plans = {
+        "a. floor": ("floor", [], {}),
+        "b. pgmig test": ("pgmig-test", ["--pgmig-scope=test"], {}),
+        "b'. pgmig test, no DDL log": (
+            "pgmig-test",
+            ["--pgmig-scope=test"],
+            {"PGMIG_DDL_LOG": "0"},
+        ),
+        "c. pgmig worker": ("pgmig-worker", ["--pgmig-scope=worker"], {}),
+        "d. pytest-postgresql": ("pytest-postgresql", ["-p", "no:pgmig"], {}),
+        "e. pgmig test -n 2": ("pgmig-test", ["--pgmig-scope=test", "-n", "2"], {}),
+        "e. pgmig worker -n 2": ("pgmig-worker", ["--pgmig-scope=worker", "-n", "2"], {}),
+        "f. pgmig test, embedded server": ("pgmig-test", ["--pgmig-scope=test"], {"PGMIG_DSN": ""}),
+    }
+    plans = {k: v for k, v in plans.items() if k in contenders or not contenders}
+    folders = {}
+    for label, (kind, _, _) in plans.items():
+        folders[label] = base / label.split(".")[0] / kind
+        if not folders[label].exists():
+            write_suite(folders[label], kind, n)
+    results: dict[str, list[tuple[float, float]]] = {label: [] for label in plans}
+    for _ in range(repeat):  # interleaved, so load on the machine hits every contender alike
+        for label, (_, args, extra) in plans.items():
+            results[label].append(run_once(folders[label], args, {**env, **extra}))
+    return {
+        label: (statistics.median(w for w, _ in runs), statistics.median(f for _, f in runs))
+        for label, runs in results.items()
+    }
+
+
+def table(title: str, res: dict[str, tuple[float, float]], n: int) -> str:
+    floor = res.get("a. floor", (0.0, 0.0))[0]
+    ppg = res.get("d. pytest-postgresql", (0.0, 0.0))[0]
+    lines = [
+        title,
+        f"{'contender':34} {'wall s':>8} {'per-test ms':>12} {'x floor':>8} {'x pytest-pg':>11} {'1st test s':>10}",
+    ]
+    for label, (wall, first) in res.items():
+        over = (wall - floor) / n * 1000 if floor else float("nan")
+        lines.append(
+            f"{label:34} {wall:8.2f} {over:12.2f} {wall / floor if floor else 0:8.2f} "
+            f"{wall / ppg if ppg else 0:11.2f} {first:10.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tests", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--large", action="store_true", help="also the large set, M=51 T=50")
+    parser.add_argument("--only", action="append", default=[], help="contender labels to run")
+    args = parser.parse_args()
+    handle = start_local(max_connections=300)
+    try:
+        info = handle.info
+        print(
+            f"cores: {os.cpu_count()}; server: PostgreSQL {'.'.join(map(str, info.version))}, embedded; "
+            f"N={args.tests} tests; median of {args.repeat} runs"
+        )
+        with tempfile.TemporaryDirectory(prefix="pgmig-bench-") as tmp:
+            res = bench_set(
+                Path(tmp) / "default",
+                info.dsn,
+                info.host,
+                info.port,
+                files=11,
+                tables=10,
+                n=args.tests,
+                repeat=args.repeat,
+                contenders=args.only,
+            )
+            print(table("\ndefault set: M=11 files, T=10 tables", res, args.tests))
+            if args.large:
+                large = bench_set(
+                    Path(tmp) / "large",
+                    info.dsn,
+                    info.host,
+                    info.port,
+                    files=51,
+                    tables=50,
+                    n=args.tests,
+                    repeat=args.repeat,
+                    contenders=args.only or ["a. floor", "b. pgmig test", "c. pgmig worker"],
+                )
+                print(table("\nlarge set: M=51 files, T=50 tables", large, args.tests))
+                d = res["b. pgmig test"][0] - res["a. floor"][0]
+                l = large["b. pgmig test"][0] - large["a. floor"][0]
+                print(f"\nlarge/default per-test overhead, scope=test: {l / d:.2f}x")
+    finally:
+        handle.stop()
+
+
+if __name__ == "__main__":
+    main()
