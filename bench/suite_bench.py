@@ -28,52 +28,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 import psycopg
+from migration_sets import migration_files
 
 from pytest_pgmig.server import start_local
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def migration_files(tables: int, files: int) -> list[tuple[str, str]]:
-    """M files: the first defines the trigger function, the others spread the T tables."""
-    out = [
-        (
-            "001_functions.sql",
-            textwrap.dedent(
-                """\
-                CREATE FUNCTION touch_updated_at() RETURNS trigger AS $$
-                BEGIN
-                    NEW.updated_at = now();
-                    RETURN NEW;
-                END;
-                $$ LANGUAGE plpgsql;
-                """
-            ),
-        )
-    ]
-    per_file = [[] for _ in range(files - 1)]
-    for t in range(1, tables + 1):
-        per_file[(t - 1) % (files - 1)].append(t)
-    for index, group in enumerate(per_file, start=2):
-        body = []
-        for t in group:
-            fk = f",\n    parent_id integer REFERENCES t{t - 1} (id)" if t > 1 else ""
-            body.append(
-                f"CREATE TABLE t{t} (\n    id serial PRIMARY KEY,\n    name text UNIQUE NOT NULL,"
-                f"\n    created_at timestamptz NOT NULL DEFAULT now(),\n"
-                f"    updated_at timestamptz NOT NULL DEFAULT now(){fk}\n);\n"
-                f"CREATE INDEX t{t}_created ON t{t} (created_at);\n"
-                f"CREATE TRIGGER t{t}_touch BEFORE UPDATE ON t{t} "
-                f"FOR EACH ROW EXECUTE FUNCTION touch_updated_at();\n"
-            )
-        out.append((f"{index:03d}_tables.sql", "".join(body) or "SELECT 1;\n"))
-    # versions must be ordered both ways: files are few, tables may be many, so sort by file
-    return sorted(out)
 
 
 TEST_BODY = """
@@ -158,7 +121,8 @@ def run_once(folder: Path, args: list[str], env: dict[str, str]) -> tuple[float,
     wall = time.time() - start
     if proc.returncode != 0:
         sys.exit(
-            f"benchmark run failed in {folder} {args}:\n{proc.stdout[:3000]}\n...\n{proc.stdout[-1500:]}{proc.stderr[-2000:]}"
+            f"benchmark run failed in {folder} {args}:\n{proc.stdout[:3000]}\n...\n"
+            f"{proc.stdout[-1500:]}{proc.stderr[-2000:]}"
         )
     firsts = [float(x) for x in first.read_text().split()] if first.exists() else [start]
     return wall, min(firsts) - start
@@ -234,7 +198,8 @@ def table(title: str, res: dict[str, tuple[float, float]], n: int) -> str:
     ppg = res.get("d. pytest-postgresql", (0.0, 0.0))[0]
     lines = [
         title,
-        f"{'contender':34} {'wall s':>8} {'per-test ms':>12} {'x floor':>8} {'x pytest-pg':>11} {'1st test s':>10}",
+        f"{'contender':34} {'wall s':>8} {'per-test ms':>12} {'x floor':>8} "
+        f"{'x pytest-pg':>11} {'1st test s':>10}",
     ]
     for label, (wall, first) in res.items():
         over = (wall - floor) / n * 1000 if floor else float("nan")
@@ -258,7 +223,8 @@ def main() -> None:
     try:
         info = handle.info
         print(
-            f"cores: {os.cpu_count()}; server: PostgreSQL {'.'.join(map(str, info.version))}, embedded; "
+            f"cores: {os.cpu_count()}; server: PostgreSQL "
+            f"{'.'.join(map(str, info.version))}, embedded; "
             f"N={args.tests} tests; median of {args.repeat} runs"
         )
         with tempfile.TemporaryDirectory(prefix="pgmig-bench-") as tmp:
@@ -287,9 +253,11 @@ def main() -> None:
                     contenders=args.only or ["a. floor", "b. pgmig test", "c. pgmig worker"],
                 )
                 print(table("\nlarge set: M=51 files, T=50 tables", large, args.tests))
-                d = res["b. pgmig test"][0] - res["a. floor"][0]
-                l = large["b. pgmig test"][0] - large["a. floor"][0]
-                print(f"\nlarge/default per-test overhead, scope=test: {l / d:.2f}x")
+                small_over = res["b. pgmig test"][0] - res["a. floor"][0]
+                large_over = large["b. pgmig test"][0] - large["a. floor"][0]
+                print(
+                    f"\nlarge/default per-test overhead, scope=test: {large_over / small_over:.2f}x"
+                )
     finally:
         handle.stop()
 

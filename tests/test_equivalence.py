@@ -1,0 +1,182 @@
+"""A schema handed to a test after a reset equals one freshly migrated file by file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager
+from pytest_pgmig.embedded import find_bindir
+from pytest_pgmig.schemas import OneConnectionPool, Workspace
+from pytest_pgmig.server import ServerInfo
+from pytest_pgmig.settings import MigrationSet
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from migration_sets import migration_files
+
+SETS = {"default": (10, 11), "large": (50, 51)}
+
+
+def write_set(folder: Path, tables: int, files: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in migration_files(tables, files, seed=True):
+        (folder / name).write_text(text)
+    return folder
+
+
+def dump_schema(dsn: str, schema: str) -> str:
+    pg_dump = find_bindir() / "pg_dump"
+    out = subprocess.run(
+        [str(pg_dump), "--schema-only", "--no-owner", "-n", schema, "-d", dsn],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    # \restrict lines carry a random key per dump (pg_dump's guard against injected psql)
+    noise = ("-- Dumped", "\\restrict", "\\unrestrict")
+    lines = [line for line in out.splitlines() if not line.startswith(noise)]
+    return "\n".join(lines).replace(schema, "<schema>")
+
+
+async def snapshot(conn: asyncpg.Connection, schema: str) -> dict[str, object]:
+    """Every table's rows (tracking rows without times), and every sequence's state."""
+    state: dict[str, object] = {}
+    tables = await conn.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY 1",
+        schema,
+    )
+    for row in tables:
+        name = row["relname"]
+        if name == "schema_migrations":
+            query = (
+                f"SELECT filename, checksum, replace(module_name, $1, '<schema>') AS m "
+                f'FROM "{schema}".schema_migrations ORDER BY filename'
+            )
+            state[name] = [tuple(r) for r in await conn.fetch(query, schema)]
+        else:
+            rows = await conn.fetch(
+                f'SELECT id, name, parent_id IS NULL FROM "{schema}"."{name}" ORDER BY id'
+                if name != "t1"
+                else f'SELECT id, name FROM "{schema}".t1 ORDER BY id'
+            )
+            state[name] = [tuple(r) for r in rows]
+    seqs = await conn.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relkind = 'S' ORDER BY 1",
+        schema,
+    )
+    for row in seqs:
+        state[f"seq {row['relname']}"] = tuple(
+            await conn.fetchrow(f'SELECT last_value, is_called FROM "{schema}"."{row["relname"]}"')
+        )
+    return state
+
+
+@pytest_asyncio.fixture
+async def workspace(
+    pgmig_server: ServerInfo, request: pytest.FixtureRequest
+) -> AsyncIterator[Workspace]:
+    own = bool(getattr(request, "param", True))
+    ws = Workspace(
+        admin_dsn=pgmig_server.dsn,
+        run=uuid.uuid4().hex[:8],
+        worker="eq",
+        statement_timeout=60,
+        module_default="bench",
+        own_server=own,
+    )
+    await ws.start()
+    yield ws
+    await ws.close()
+
+
+async def reference(dsn: str, folder: Path) -> str:
+    """A schema migrated by the engine file by file, as production would."""
+    name = f"ref_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{name}"')
+        db = AsyncDatabaseManager(pool=OneConnectionPool(conn), schema=name)
+        result = await AsyncMigrationManager(
+            db, migrations_path=str(folder), module_name=f"bench_{name}"
+        ).apply_pending_migrations()
+        assert result["status"] == "success", result
+    finally:
+        await conn.close()
+    return name
+
+
+async def dirty(dsn: str) -> None:
+    """What a test might do: rows everywhere, seed rows changed and removed, sequences moved."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("INSERT INTO t1 (name) VALUES ('test-a'), ('test-b')")
+        await conn.execute("UPDATE t1 SET name = 'renamed' WHERE name = 'seed-1'")
+        await conn.execute("DELETE FROM t2 WHERE name = 'seed-child'")
+        await conn.execute("INSERT INTO t2 (name, parent_id) VALUES ('c', 1)")
+        await conn.execute("SELECT nextval('t3_id_seq'), nextval('t3_id_seq')")
+        async with conn.transaction():
+            await conn.execute("INSERT INTO t3 (name) VALUES ('in a committed tx')")
+    finally:
+        await conn.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("workspace", [True, False], indirect=True, ids=["ddl-log", "fingerprint"])
+@pytest.mark.parametrize("size", sorted(SETS))
+async def test_reset_schema_equals_a_freshly_migrated_one(
+    workspace: Workspace, pgmig_server: ServerInfo, tmp_path: Path, size: str
+) -> None:
+    folder = write_set(tmp_path / "migrations", *SETS[size])
+    sets = (MigrationSet("bench", folder),)
+    slot = await workspace.acquire(sets)
+    name = slot.schema.name
+    await dirty(slot.schema.dsn)
+    await workspace.release(slot, terminate=True)
+    again = await workspace.acquire(sets)
+    assert again.schema.name == name, "a schema without DDL changes is reset, not replaced"
+
+    ref = await reference(pgmig_server.dsn, folder)
+    conn = await asyncpg.connect(pgmig_server.dsn)
+    try:
+        assert await snapshot(conn, name) == await snapshot(conn, ref)
+        assert dump_schema(pgmig_server.dsn, name) == dump_schema(pgmig_server.dsn, ref)
+    finally:
+        await conn.execute(f'DROP SCHEMA "{ref}" CASCADE')
+        await conn.close()
+    await workspace.release(again, terminate=True)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("workspace", [True, False], indirect=True, ids=["ddl-log", "fingerprint"])
+async def test_ddl_change_replaces_the_schema(workspace: Workspace, tmp_path: Path) -> None:
+    folder = write_set(tmp_path / "migrations", 3, 3)
+    sets = (MigrationSet("bench", folder),)
+    slot = await workspace.acquire(sets)
+    conn = await asyncpg.connect(slot.schema.dsn)
+    try:
+        await conn.execute("ALTER TABLE t1 ALTER COLUMN name SET DEFAULT 'x'")
+    finally:
+        await conn.close()
+    await workspace.release(slot, terminate=True)
+    fresh = await workspace.acquire(sets)
+    assert fresh.schema.name != slot.schema.name
+    conn = await asyncpg.connect(fresh.schema.dsn)
+    try:
+        default = await conn.fetchval(
+            "SELECT column_default FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = 't1' AND column_name = 'name'"
+        )
+        assert default is None
+        gone = await conn.fetchval("SELECT to_regnamespace($1)", slot.schema.name)
+        assert gone is None, "the changed schema was dropped"
+    finally:
+        await conn.close()
