@@ -162,7 +162,11 @@ async def pgmig_conn(
     finally:
         if outer is not None and not conn.is_closed():
             try:
-                await outer.rollback()
+                if KEPT in request.node.stash:
+                    # --pgmig-keep on a failed test: keep what it wrote, for inspection
+                    await outer.commit()
+                else:
+                    await outer.rollback()
             except Exception:
                 conn.terminate()
         await _close(conn)
