@@ -211,10 +211,11 @@ def _rel(config: pytest.Config, path: Path) -> str:
         return str(path)
 
 
-def pytest_collection_modifyitems(
-    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
-) -> None:
-    state = config.stash.get(STATE, None)
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Added after deselection, and before xdist's worker reports its collection: -k, -m and
+    # --lf must not hide a drifted migration, and every worker must list the same items.
+    state = session.config.stash.get(STATE, None)
     if state is None:
         return
     checks = [
@@ -222,7 +223,7 @@ def pytest_collection_modifyitems(
         for m in state.settings.migrations.value
         if (m.path / lockfile.LOCK_NAME).exists()
     ]
-    items[:0] = checks
+    session.items[:0] = checks
 
 
 class LockCheck(pytest.Item):

@@ -170,7 +170,6 @@ class Workspace:
         self._lease = 0
         self._pools: dict[tuple[MigrationSet, ...], _SetPool] = {}
         self._mine: list[str] = []
-        self._doomed: list[str] = []
         self._counter = 0
 
     @property
@@ -192,12 +191,12 @@ class Workspace:
         self._lease = await registry.take_lease(self._conn)
         return await registry.reap(self._conn)
 
-    async def close(self, *, keep: bool = False) -> None:
+    async def close(self) -> None:
         """Drop every schema this process made (kept ones stay), then disconnect."""
         if self._conn is None or self._conn.is_closed():
             return
         try:
-            names = [n for n in self._mine if keep is False]
+            names = list(self._mine)
             if names:
                 await registry.terminate_sessions(self.conn, [registry.app_name(n) for n in names])
                 self.stats.dropped += len(await registry.drop(self.conn, names, lease=self._lease))
