@@ -15,19 +15,16 @@ import pytest_asyncio
 from pytest_pgmig import settings
 from pytest_pgmig.schemas import MigrationFailed, OneConnectionPool, PgmigSchema, Slot
 from pytest_pgmig.server import ServerInfo
-from pytest_pgmig.state import KEPT, SCHEMA, PgmigState, state_of
+from pytest_pgmig.state import KEPT, SCHEMA, PgmigState, fail_test, state_of
 
 Sets = tuple[settings.MigrationSet, ...]
 _checked_folders: set[Path] = set()
+# a test's connection to a dead or unreachable server fails in seconds, not asyncpg's 60
+CONNECT_TIMEOUT = 10
 
 
 def _fail_migration(exc: MigrationFailed) -> NoReturn:
-    failure = pytest.fail.Exception(str(exc), pytrace=False)
-    # read by the plugin's report hooks: a broken migration FAILS the test, not ERRORs it
-    setattr(failure, "pgmig_migration", True)  # noqa: B010
-    # Called inside `except MigrationFailed`: without `from None` the report prints the
-    # message twice, joined by "During handling of the above exception...".
-    raise failure from None
+    fail_test(str(exc))
 
 
 def _marker_sets(request: pytest.FixtureRequest, opts: settings.Settings) -> tuple[Sets, str]:
@@ -109,6 +106,8 @@ def pgmig_schema(request: pytest.FixtureRequest) -> Iterator[PgmigSchema]:
     space.stats.setup_s.append(time.perf_counter() - started)
     request.node.stash[SCHEMA] = slot.schema
     yield slot.schema
+    if state.server_error is not None:
+        return  # the server is gone: nothing to reset, and the test already says so
     started = time.perf_counter()
     kept = request.node.stash.get(KEPT, None) is not None
     if scope == "worker":
@@ -152,7 +151,7 @@ async def pgmig_conn(
     In worker scope it runs inside a transaction rolled back at teardown; the test's own
     `conn.transaction()` blocks become savepoints.
     """
-    conn = await asyncpg.connect(pgmig_schema.dsn)
+    conn = await asyncpg.connect(pgmig_schema.dsn, timeout=CONNECT_TIMEOUT)
     outer = None
     if _scope_of(request) == "worker":
         outer = conn.transaction()
@@ -185,7 +184,9 @@ async def pgmig_pool(
 ) -> AsyncIterator[Any]:
     """An asyncpg pool into the schema, sized so that every xdist worker fits the server."""
     size = state_of(request.config).pool_size()
-    pool = await asyncpg.create_pool(pgmig_schema.dsn, min_size=1, max_size=size)
+    pool = await asyncpg.create_pool(
+        pgmig_schema.dsn, min_size=1, max_size=size, timeout=CONNECT_TIMEOUT
+    )
     try:
         yield pool
     finally:

@@ -255,7 +255,7 @@ class LockDrift(Exception):
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report: pytest.TestReport = yield
     item.stash.setdefault(ITEM_REPORTS, {})[report.when] = report
-    if call.excinfo is not None and getattr(call.excinfo.value, "pgmig_migration", False):
+    if call.excinfo is not None and getattr(call.excinfo.value, "pgmig_failure", False):
         # A broken migration fails the tests that need it; it is not an error in them.
         report.pgmig_failed = True  # type: ignore[attr-defined]
     state = item.config.stash.get(STATE, None)

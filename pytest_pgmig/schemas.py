@@ -175,7 +175,7 @@ class Workspace:
     @property
     def conn(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            raise RuntimeError("pytest-pgmig lost its control connection to the server")
+            raise ConnectionError("pytest-pgmig's control connection to the server is closed")
         return self._conn
 
     async def start(self) -> list[str]:

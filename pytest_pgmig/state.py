@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from pytest_pgmig import settings
+from pytest_pgmig.dsn import scrub
 from pytest_pgmig.schemas import Stats, Workspace
 from pytest_pgmig.server import ServerError, ServerHandle, ServerInfo
 
@@ -16,6 +18,10 @@ from pytest_pgmig.server import ServerError, ServerHandle, ServerInfo
 # control connection, pools and the test's own connections.
 EMBEDDED_MAX_CONNECTIONS = 300
 RESERVED_CONNECTIONS = 10
+
+
+# admin_shutdown, crash_shutdown, cannot_connect_now: the server is going or gone
+_SERVER_GONE = {"57P01", "57P02", "57P03"}
 
 
 class PgmigWarning(UserWarning):
@@ -44,16 +50,42 @@ class PgmigState:
     closed: bool = False
 
     def call(self, coro: Any, timeout: float | None = None) -> Any:
-        """Run a coroutine on the plugin's own loop (see `pytest_pgmig.runtime`)."""
-        self.space()
-        return self.runtime.run(coro, timeout)
+        """Run a coroutine on the plugin's own loop (see `pytest_pgmig.runtime`).
+
+        A lost server fails this test and, without another try, every later one.
+        """
+        try:
+            if self.server_error is not None:
+                fail_test(self.server_error)
+            self.space()
+        except BaseException:
+            coro.close()
+            raise
+        try:
+            return self.runtime.run(coro, timeout)
+        except (OSError, asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError) as exc:
+            self.lost(exc)
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate in _SERVER_GONE or (exc.sqlstate or "").startswith("08"):
+                self.lost(exc)
+            raise
+
+    def lost(self, exc: BaseException) -> NoReturn:
+        """Record that the server went away and fail the current test saying so."""
+        address = self.info.redacted_dsn if self.info is not None else "the server"
+        self.server_error = (
+            f"pgmig: lost the PostgreSQL server {address} ({type(exc).__name__}: "
+            f"{scrub(str(exc), self.info.dsn) if self.info else exc}); every later test that "
+            "needs it fails at once. Check the server's log (was it stopped or killed?)."
+        )
+        fail_test(self.server_error)
 
     def server(self) -> ServerInfo:
         """The run's server, started (or joined, under xdist) on first use."""
-        if self.info is not None:
-            return self.info
         if self.server_error is not None:
             pytest.fail(self.server_error, pytrace=False)
+        if self.info is not None:
+            return self.info
         from pytest_pgmig import server as srv
 
         opts = self.settings
@@ -153,3 +185,16 @@ def state_of(config: pytest.Config) -> PgmigState:
         raise pytest.UsageError(
             "pytest-pgmig is not configured (was it disabled with -p no:pgmig?)"
         ) from None
+
+
+def fail_test(message: str) -> NoReturn:
+    """Fail the current test with `message` alone, reported FAILED even from a fixture.
+
+    The plugin's report hooks read the marker attribute: a broken migration or a lost server
+    is the test's failure, not an error in its set-up code.
+    """
+    failure = pytest.fail.Exception(message, pytrace=False)
+    setattr(failure, "pgmig_failure", True)  # noqa: B010
+    # Often raised inside an `except`: without `from None` the report prints the message
+    # twice, joined by "During handling of the above exception...".
+    raise failure from None
