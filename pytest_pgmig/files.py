@@ -91,7 +91,9 @@ def read_migration(path: Path) -> MigrationFile:
     if version is None:
         raise _bad_names(path.parent, [filename])
     content = decode(path.read_bytes(), filename)
-    return MigrationFile(filename, path, version, content, checksum(content), plan_for(content))
+    return MigrationFile(
+        filename, path, version, content, checksum(content), plan_for(content, filename)
+    )
 
 
 def plan_for(content: str, filename: str | None = None) -> ScriptPlan:

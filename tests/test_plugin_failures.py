@@ -110,11 +110,6 @@ def test_failure_in_worker_scope(pytester: pytest.Pytester, server_dsn: str) -> 
     result.stdout.fnmatch_lines(["*003_bad.sql failed*", "*nowhere*"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="files.read_migration calls plan_for() without the file name: the failure says "
-    "Migration '<text>' line 2 and names only the folder; see /tmp/pgmig/plugin-bugs.md",
-)
 def test_unterminated_sql(pytester: pytest.Pytester, server_dsn: str) -> None:
     files = {**MIGRATIONS, "003_bad.sql": "SELECT 1;\nSELECT 'never closed;\n"}
     result = run_broken(pytester, server_dsn, files)
