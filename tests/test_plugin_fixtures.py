@@ -291,7 +291,16 @@ def test_scope_test_isolates_rows_sequences_and_ddl(
     make_project(pytester, TEST_SCOPE)
     result = run(pytester, server_dsn, "-p", "no:randomly")
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*pgmig:*scope test [[]default[]]*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*pgmig:*scope test [[]default[]]*",
+            "*= pgmig =*",
+            "server: dsn, PostgreSQL *, postgresql://*",
+            "schemas: * created, * dropped, 0 kept, * resets for reuse",
+            "migrations applied: *",
+            "isolation cost: * s in set-up and teardown over 4 tests, median * ms per test",
+        ]
+    )
 
 
 # --- scope worker ----------------------------------------------------------------------------
