@@ -100,7 +100,7 @@ def pgmig_schema(request: pytest.FixtureRequest) -> Iterator[PgmigSchema]:
         slot = _worker_slot(state, sets)
     else:
         try:
-            slot = state.call(space.acquire(sets))
+            slot = state.call(space.acquire(sets, spare=True))
         except MigrationFailed as exc:
             _fail_migration(exc)
     space.stats.setup_s.append(time.perf_counter() - started)
@@ -112,12 +112,12 @@ def pgmig_schema(request: pytest.FixtureRequest) -> Iterator[PgmigSchema]:
     kept = request.node.stash.get(KEPT, None) is not None
     if scope == "worker":
         if kept:
-            state.call(space.release(slot, terminate=True, keep=True))
+            state.call(space.keep(slot))
             state.worker_slots.pop(sets, None)
-        elif not state.call(space.reset(slot, terminate=False)):
+        elif not state.call(space.reset_now(slot, terminate=False)):
             state.worker_slots.pop(sets, None)
     else:
-        state.call(space.release(slot, terminate=True, keep=kept))
+        state.call(space.keep(slot) if kept else space.release_later(slot))
     space.stats.teardown_s.append(time.perf_counter() - started)
 
 
@@ -264,4 +264,4 @@ def pgmig_factory(
 
     yield make
     for slot in slots:
-        state.call(state.space().release(slot, terminate=True))
+        state.call(state.space().release_later(slot))

@@ -47,7 +47,8 @@ $fp$;
 """
 
 _STATE = f"""
-CREATE OR REPLACE FUNCTION {REGISTRY}.state_v1(p_schema text, p_skip text[]) RETURNS text
+CREATE OR REPLACE FUNCTION {REGISTRY}.state_v1(p_schema text, p_skip text[], p_log boolean)
+RETURNS text
 LANGUAGE plpgsql STABLE AS $state$
 -- A schema's DDL fingerprint plus a hash of the rows of the tables a reset leaves alone
 -- (the migrations tracking table): equal states mean nothing a reset cannot undo happened.
@@ -70,8 +71,7 @@ BEGIN
             acc := acc || rel || '=' || h || ';';
         END IF;
     END LOOP;
-    IF EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgmig_ddl_end'
-               AND evtenabled <> 'D') THEN
+    IF p_log THEN
         -- on a server of our own the DDL log answers in one probe; elsewhere the
         -- catalog fingerprint does, at a few milliseconds
         RETURN 'e' || coalesce((SELECT max(id) FROM {REGISTRY}.ddl
@@ -85,7 +85,8 @@ $state$;
 _RESET = f"""
 CREATE OR REPLACE FUNCTION {REGISTRY}.reset_v1(
     p_schema text, p_state text, p_template text, p_seeded text[], p_skip text[],
-    p_seq_names text[], p_seq_values bigint[], p_seq_called boolean[], p_app text
+    p_seq_names text[], p_seq_values bigint[], p_seq_called boolean[], p_app text,
+    p_log boolean
 ) RETURNS text LANGUAGE plpgsql AS $reset$
 -- Puts a used schema back to the state its migrations produced and returns its new state,
 -- or returns NULL when its DDL or tracking rows changed (the caller then replaces it).
@@ -105,7 +106,7 @@ BEGIN
         WHERE a.application_name = p_app AND a.pid <> pg_backend_pid();
     END IF;
     SELECT oid INTO ns FROM pg_namespace WHERE nspname = p_schema;
-    IF ns IS NULL OR {REGISTRY}.state_v1(p_schema, p_skip) IS DISTINCT FROM p_state THEN
+    IF ns IS NULL OR {REGISTRY}.state_v1(p_schema, p_skip, p_log) IS DISTINCT FROM p_state THEN
         RETURN NULL;
     END IF;
     FOR rel IN
@@ -152,7 +153,7 @@ BEGIN
     WHERE pg_sequence_last_value(format('%I.%I', p_schema, s.name)::regclass)
           IS DISTINCT FROM CASE WHEN s.called THEN s.value END;
     IF cardinality(dirty) > 0 AND NOT superuser THEN
-        RETURN {REGISTRY}.state_v1(p_schema, p_skip);  -- TRUNCATE gave new relfilenodes
+        RETURN {REGISTRY}.state_v1(p_schema, p_skip, p_log);  -- TRUNCATE gave new relfilenodes
     END IF;
     RETURN p_state;
 END
@@ -164,22 +165,28 @@ CREATE TABLE IF NOT EXISTS {REGISTRY}.ddl (id bigserial PRIMARY KEY, schema text
 CREATE INDEX IF NOT EXISTS ddl_schema_id ON {REGISTRY}.ddl (schema, id);
 CREATE OR REPLACE FUNCTION {REGISTRY}.log_ddl_v1() RETURNS event_trigger
 LANGUAGE plpgsql AS $log$
--- Records which of our schemas a DDL command touched ('*' when the command names none,
--- e.g. GRANT): a reset then knows in one index probe whether a test changed DDL.
+-- Records which of our schemas a DDL command touched ('*' when it names none, e.g. GRANT):
+-- a reset then knows in one index probe whether a test changed DDL.
 BEGIN
     IF TG_EVENT = 'sql_drop' THEN
         INSERT INTO {REGISTRY}.ddl (schema)
         SELECT DISTINCT s FROM (
-            SELECT CASE WHEN object_type = 'schema' THEN object_identity
-                        ELSE coalesce(schema_name, '*') END AS s
+            SELECT coalesce(schema_name, address_names[1], '*') AS s
             FROM pg_event_trigger_dropped_objects()
         ) AS d
         WHERE (s LIKE 'pgmig\\_%' AND s <> '{REGISTRY}') OR s = '*';
     ELSE
         INSERT INTO {REGISTRY}.ddl (schema)
         SELECT DISTINCT s FROM (
-            SELECT CASE WHEN object_type = 'schema' THEN object_identity
-                        ELSE coalesce(schema_name, '*') END AS s
+            -- objects with no schema of their own (a schema, a trigger, a constraint) are
+            -- addressed by their schema first, then their table and name
+            SELECT coalesce(
+                schema_name,
+                CASE WHEN objid <> 0 THEN
+                    (pg_identify_object_as_address(classid, objid, objsubid)).object_names[1]
+                END,
+                '*'
+            ) AS s
             FROM pg_event_trigger_ddl_commands()
         ) AS d
         WHERE (s LIKE 'pgmig\\_%' AND s <> '{REGISTRY}') OR s = '*';
@@ -213,20 +220,27 @@ CREATE TABLE IF NOT EXISTS {REGISTRY}.schemas (
 """
 
 
+# exact signatures: a server that holds an older version of a function gets the current one
+_SIGNATURES = (
+    "fingerprint_v1(oid)",
+    "state_v1(text,text[],boolean)",
+    "reset_v1(text,text,text,text[],text[],text[],bigint[],boolean[],text,boolean)",
+)
+
+
 async def install(conn: asyncpg.Connection, *, own_server: bool) -> None:
     """Create the registry and its functions once per server, safe against concurrent runs.
 
     On a server the plugin started itself (`own_server`) it also installs event triggers
     that log DDL on our schemas; a user's server never gets a database-wide trigger.
     """
-    names = ["fingerprint_v1", "state_v1", "reset_v1"] + (["log_ddl_v1"] if own_server else [])
+    wanted = list(_SIGNATURES) + (["log_ddl_v1()"] if own_server else [])
     present = await conn.fetchval(
-        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-        "WHERE n.nspname = $1 AND p.proname = ANY($2::text[])",
+        "SELECT count(to_regprocedure($1 || '.' || sig)) FROM unnest($2::text[]) AS sig",
         REGISTRY,
-        names,
+        wanted,
     )
-    if present == len(names):
+    if present == len(wanted):
         return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS, _INSTALL_LOCK)

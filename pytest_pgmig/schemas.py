@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -74,6 +76,8 @@ class Slot:
 class _SetPool:
     template: _Template | None = None
     free: list[Slot] = field(default_factory=list)
+    # resets and spare creations under way, oldest first; each gives a clean slot or None
+    pending: deque[asyncio.Task[Slot | None]] = field(default_factory=deque)
     failure: MigrationFailed | None = None
 
 
@@ -171,6 +175,14 @@ class Workspace:
         self._pools: dict[tuple[MigrationSet, ...], _SetPool] = {}
         self._mine: list[str] = []
         self._counter = 0
+        self._op: asyncio.Lock | None = None
+
+    @property
+    def op(self) -> asyncio.Lock:
+        """Serialises work on the one control connection (asyncpg runs one query at a time)."""
+        if self._op is None:
+            self._op = asyncio.Lock()
+        return self._op
 
     @property
     def conn(self) -> asyncpg.Connection:
@@ -195,6 +207,8 @@ class Workspace:
         """Drop every schema this process made (kept ones stay), then disconnect."""
         if self._conn is None or self._conn.is_closed():
             return
+        pending = [task for pool in self._pools.values() for task in pool.pending]
+        await asyncio.gather(*pending, return_exceptions=True)
         try:
             names = list(self._mine)
             if names:
@@ -208,34 +222,73 @@ class Workspace:
         self._counter += 1
         return f"pgmig_{self.run}_{self.worker}_{kind}{self._counter}"
 
-    async def acquire(self, sets: tuple[MigrationSet, ...]) -> Slot:
-        """A clean migrated schema for `sets`: a reset one if any is free, else a new one."""
+    async def acquire(self, sets: tuple[MigrationSet, ...], *, spare: bool = False) -> Slot:
+        """A clean migrated schema for `sets`: a reset one if any is ready, else a new one.
+
+        With `spare`, one more schema is kept in preparation in the background, so that a
+        test's schema can be reset off the next test's path (see `release_later`).
+        """
         pool = self._pools.setdefault(sets, _SetPool())
         if pool.failure is not None:
             raise MigrationFailed(pool.failure.brief, pool.failure.brief)
-        if pool.free:
-            return pool.free.pop()
-        try:
-            if pool.template is None and sets:
-                pool.template = await self._make_template(sets)
-            return await self._create(sets, kind="s")
-        except MigrationFailed as exc:
-            pool.failure = exc
-            raise
+        slot: Slot | None = None
+        while slot is None and (pool.free or pool.pending):
+            slot = pool.free.pop() if pool.free else await pool.pending.popleft()
+        if slot is None:
+            async with self.op:
+                try:
+                    if pool.template is None and sets:
+                        pool.template = await self._make_template(sets)
+                    slot = await self._create(sets, kind="s")
+                except MigrationFailed as exc:
+                    pool.failure = exc
+                    raise
+        if spare and not pool.free and not pool.pending:
+            pool.pending.append(asyncio.create_task(self._spare(sets)))
+        return slot
 
-    async def release(self, slot: Slot, *, terminate: bool, keep: bool = False) -> None:
-        """Take a schema back: keep it, reset it for the next test, or drop it."""
-        name = slot.schema.name
-        if keep:
-            await registry.keep(self.conn, name)
-            self._mine.remove(name)
-            self.stats.kept += 1
-            return
-        if await self.reset(slot, terminate=terminate):
+    async def _spare(self, sets: tuple[MigrationSet, ...]) -> Slot | None:
+        async with self.op:
+            try:
+                return await self._create(sets, kind="s")
+            except MigrationFailed:
+                return None  # the foreground acquire reports it
+
+    async def release_later(self, slot: Slot) -> None:
+        """Reset a test's schema in the background (ending its sessions) for a later test."""
+        pool = self._pools[slot.key]
+        pool.pending.append(asyncio.create_task(self._reset_task(slot)))
+
+    async def release(self, slot: Slot) -> None:
+        """Reset a test's schema now (ending its sessions) and make it ready for reuse."""
+        if await self.reset_now(slot, terminate=True):
             self._pools[slot.key].free.append(slot)
 
+    async def _reset_task(self, slot: Slot) -> Slot | None:
+        async with self.op:
+            try:
+                return slot if await self.reset(slot, terminate=True) else None
+            except asyncpg.PostgresError:
+                await self.discard(slot.schema.name)
+                return None
+
+    async def keep(self, slot: Slot) -> None:
+        """Keep a failed test's schema for inspection: never reset, reused or dropped."""
+        async with self.op:
+            await registry.keep(self.conn, slot.schema.name)
+        self._mine.remove(slot.schema.name)
+        self.stats.kept += 1
+
+    async def reset_now(self, slot: Slot, *, terminate: bool) -> bool:
+        """`reset`, taking its turn on the control connection."""
+        async with self.op:
+            return await self.reset(slot, terminate=terminate)
+
     async def reset(self, slot: Slot, *, terminate: bool) -> bool:
-        """Undo a test's work in its schema; False when the schema had to be dropped instead."""
+        """Undo a test's work in its schema; False when the schema had to be dropped instead.
+
+        The caller holds `op`.
+        """
         state = await self._reset(slot, self._pools[slot.key].template, terminate=terminate)
         if state is None:
             await self.discard(slot.schema.name)
@@ -261,7 +314,7 @@ class Workspace:
         for attempt in (terminate, True):
             try:
                 state: str | None = await self.conn.fetchval(
-                    f"SELECT {registry.REGISTRY}.reset_v1($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    f"SELECT {registry.REGISTRY}.reset_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                     slot.schema.name,
                     slot.state,
                     tpl.name,
@@ -271,6 +324,7 @@ class Workspace:
                     tpl.seq_values,
                     tpl.seq_called,
                     app if attempt else None,
+                    self.own_server,
                 )
                 return state
             except asyncpg.LockNotAvailableError:
@@ -291,7 +345,10 @@ class Workspace:
             await self.discard(name)
             raise
         state = await self.conn.fetchval(
-            f"SELECT {registry.REGISTRY}.state_v1($1, $2)", name, [TRACKING_TABLE]
+            f"SELECT {registry.REGISTRY}.state_v1($1, $2, $3)",
+            name,
+            [TRACKING_TABLE],
+            self.own_server,
         )
         lib = sets[0].module if sets else self.module_default
         schema = PgmigSchema(

@@ -140,7 +140,7 @@ async def test_reset_schema_equals_a_freshly_migrated_one(
     slot = await workspace.acquire(sets)
     name = slot.schema.name
     await dirty(slot.schema.dsn)
-    await workspace.release(slot, terminate=True)
+    await workspace.release(slot)
     again = await workspace.acquire(sets)
     assert again.schema.name == name, "a schema without DDL changes is reset, not replaced"
 
@@ -152,7 +152,7 @@ async def test_reset_schema_equals_a_freshly_migrated_one(
     finally:
         await conn.execute(f'DROP SCHEMA "{ref}" CASCADE')
         await conn.close()
-    await workspace.release(again, terminate=True)
+    await workspace.release(again)
 
 
 @pytest.mark.asyncio
@@ -166,7 +166,7 @@ async def test_ddl_change_replaces_the_schema(workspace: Workspace, tmp_path: Pa
         await conn.execute("ALTER TABLE t1 ALTER COLUMN name SET DEFAULT 'x'")
     finally:
         await conn.close()
-    await workspace.release(slot, terminate=True)
+    await workspace.release(slot)
     fresh = await workspace.acquire(sets)
     assert fresh.schema.name != slot.schema.name
     conn = await asyncpg.connect(fresh.schema.dsn)
