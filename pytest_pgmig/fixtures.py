@@ -27,6 +27,27 @@ def _fail_migration(exc: MigrationFailed) -> NoReturn:
     fail_test(str(exc))
 
 
+def _require_function_loop(request: pytest.FixtureRequest, fixture: str) -> None:
+    """Our async fixtures live on the test's function-scoped loop; say so if the test's isn't.
+
+    A connection works only on the loop that opened it, so a test on a module or session
+    loop would get one that fails on first use.
+    """
+    marker = request.node.get_closest_marker("asyncio")
+    scope = None
+    if marker is not None:
+        scope = marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")
+    scope = scope or request.config.getini("asyncio_default_test_loop_scope") or "function"
+    if scope != "function":
+        pytest.fail(
+            f"{fixture} opens its connection on the test's function-scoped event loop, but "
+            f"this test runs on a {scope}-scoped loop. Run it on the function loop "
+            "(@pytest.mark.asyncio without loop_scope), or open your own connection from "
+            "pgmig_dsn on your loop.",
+            pytrace=False,
+        )
+
+
 def _marker_sets(request: pytest.FixtureRequest, opts: settings.Settings) -> tuple[Sets, str]:
     """The migration sets and scope for this test: the configuration, or its pgmig marker."""
     sets: Sets = opts.migrations.value
@@ -142,7 +163,7 @@ def _scope_of(request: pytest.FixtureRequest) -> str:
     return _marker_sets(request, state_of(request.config).settings)[1]
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(loop_scope="function")
 async def pgmig_conn(
     request: pytest.FixtureRequest, pgmig_schema: PgmigSchema
 ) -> AsyncIterator[Any]:
@@ -151,6 +172,7 @@ async def pgmig_conn(
     In worker scope it runs inside a transaction rolled back at teardown; the test's own
     `conn.transaction()` blocks become savepoints.
     """
+    _require_function_loop(request, "pgmig_conn")
     conn = await asyncpg.connect(pgmig_schema.dsn, timeout=CONNECT_TIMEOUT)
     outer = None
     if _scope_of(request) == "worker":
@@ -178,11 +200,12 @@ async def _close(closable: Any) -> None:
         closable.terminate()
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(loop_scope="function")
 async def pgmig_pool(
     request: pytest.FixtureRequest, pgmig_schema: PgmigSchema
 ) -> AsyncIterator[Any]:
     """An asyncpg pool into the schema, sized so that every xdist worker fits the server."""
+    _require_function_loop(request, "pgmig_pool")
     size = state_of(request.config).pool_size()
     pool = await asyncpg.create_pool(
         pgmig_schema.dsn, min_size=1, max_size=size, timeout=CONNECT_TIMEOUT
@@ -193,7 +216,7 @@ async def pgmig_pool(
         await _close(pool)
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(loop_scope="function")
 async def pgmig_db(pgmig_schema: PgmigSchema, pgmig_conn: Any) -> AsyncIterator[Any]:
     """An AsyncDatabaseManager bound to the schema, on the test's `pgmig_conn` connection.
 
@@ -205,7 +228,7 @@ async def pgmig_db(pgmig_schema: PgmigSchema, pgmig_conn: Any) -> AsyncIterator[
     yield AsyncDatabaseManager(pool=OneConnectionPool(pgmig_conn), schema=pgmig_schema.name)
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(loop_scope="function")
 async def pgmig_migrations(
     request: pytest.FixtureRequest, pgmig_schema: PgmigSchema, pgmig_db: Any
 ) -> AsyncIterator[Any]:

@@ -403,12 +403,6 @@ def test_xdist_with_dsn_reports_kept_schemas_of_every_worker(
 # --- event loops -----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pgmig_conn/pool/db follow asyncio_default_fixture_loop_scope, not the test's own "
-    "loop: with a module fixture loop scope a function-loop test gets a connection of another "
-    "loop (see /tmp/pgmig/plugin-bugs.md)",
-)
 def test_connections_belong_to_the_tests_loop_whatever_the_fixture_loop_scope(
     pytester: pytest.Pytester, own_dsn: str
 ) -> None:
@@ -425,3 +419,20 @@ def test_connections_belong_to_the_tests_loop_whatever_the_fixture_loop_scope(
     )
     result = pytester.runpytest(f"--pgmig-dsn={own_dsn}", "--pgmig-migrations=migrations")
     result.assert_outcomes(passed=1)
+
+
+def test_a_test_on_another_loop_is_told_why(pytester: pytest.Pytester, own_dsn: str) -> None:
+    make_project(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.asyncio(loop_scope="module")
+        async def test_on_the_module_loop(pgmig_conn):
+            pass
+        """,
+        ini="[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n",
+    )
+    result = pytester.runpytest(f"--pgmig-dsn={own_dsn}", "--pgmig-migrations=migrations")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*pgmig_conn opens its connection on the test's function-scoped*"])
