@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
@@ -21,10 +21,7 @@ Sets = tuple[settings.MigrationSet, ...]
 _checked_folders: set[Path] = set()
 # a test's connection to a dead or unreachable server fails in seconds, not asyncpg's 60
 CONNECT_TIMEOUT = 10
-
-
-def _fail_migration(exc: MigrationFailed) -> NoReturn:
-    fail_test(str(exc))
+_PLAN = pytest.StashKey[tuple[Sets, str]]()
 
 
 def _require_function_loop(request: pytest.FixtureRequest, fixture: str) -> None:
@@ -46,6 +43,14 @@ def _require_function_loop(request: pytest.FixtureRequest, fixture: str) -> None
             "pgmig_dsn on your loop.",
             pytrace=False,
         )
+
+
+def _plan(request: pytest.FixtureRequest) -> tuple[Sets, str]:
+    """The migration sets and scope for this test, worked out once per test."""
+    plan = request.node.stash.get(_PLAN, None)
+    if plan is None:
+        plan = request.node.stash[_PLAN] = _marker_sets(request, state_of(request.config).settings)
+    return plan
 
 
 def _marker_sets(request: pytest.FixtureRequest, opts: settings.Settings) -> tuple[Sets, str]:
@@ -114,7 +119,7 @@ def pgmig_schema(request: pytest.FixtureRequest) -> Iterator[PgmigSchema]:
     `.name`, `.module_name` (`<lib>_<schema>`) and `.dsn` (search_path set to the schema).
     """
     state = state_of(request.config)
-    sets, scope = _marker_sets(request, state.settings)
+    sets, scope = _plan(request)
     started = time.perf_counter()
     space = state.space()
     if scope == "worker":
@@ -123,7 +128,7 @@ def pgmig_schema(request: pytest.FixtureRequest) -> Iterator[PgmigSchema]:
         try:
             slot = state.call(space.acquire(sets, spare=True))
         except MigrationFailed as exc:
-            _fail_migration(exc)
+            fail_test(str(exc))
     space.stats.setup_s.append(time.perf_counter() - started)
     request.node.stash[SCHEMA] = slot.schema
     yield slot.schema
@@ -148,7 +153,7 @@ def _worker_slot(state: PgmigState, sets: Sets) -> Slot:
         try:
             slot = state.call(state.space().acquire(sets))
         except MigrationFailed as exc:
-            _fail_migration(exc)
+            fail_test(str(exc))
         state.worker_slots[sets] = slot
     return slot
 
@@ -157,10 +162,6 @@ def _worker_slot(state: PgmigState, sets: Sets) -> Slot:
 def pgmig_dsn(pgmig_schema: PgmigSchema) -> str:
     """The schema's DSN as a string, for psycopg, SQLAlchemy or any other driver."""
     return pgmig_schema.dsn
-
-
-def _scope_of(request: pytest.FixtureRequest) -> str:
-    return _marker_sets(request, state_of(request.config).settings)[1]
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -175,7 +176,7 @@ async def pgmig_conn(
     _require_function_loop(request, "pgmig_conn")
     conn = await asyncpg.connect(pgmig_schema.dsn, timeout=CONNECT_TIMEOUT)
     outer = None
-    if _scope_of(request) == "worker":
+    if _plan(request)[1] == "worker":
         outer = conn.transaction()
         await outer.start()
     try:
@@ -235,7 +236,7 @@ async def pgmig_migrations(
     """The AsyncMigrationManager that migrated the schema (module_name=<lib>_<schema>)."""
     from pytest_pgmig.migrations import AsyncMigrationManager
 
-    sets, _ = _marker_sets(request, state_of(request.config).settings)
+    sets, _ = _plan(request)
     if not sets:
         pytest.fail(
             "pgmig_migrations needs a migrations folder: pass --pgmig-migrations=PATH, set "
@@ -281,7 +282,7 @@ def pgmig_factory(
         try:
             slot: Slot = await asyncio.wrap_future(state.runtime.submit(space.acquire(sets)))
         except MigrationFailed as exc:
-            _fail_migration(exc)
+            fail_test(str(exc))
         slots.append(slot)
         return slot.schema
 
