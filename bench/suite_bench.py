@@ -40,13 +40,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 TEST_BODY = """
+import uuid
+
 import pytest
+
+RUN = uuid.uuid4().hex[:8]  # the floor keeps its rows between runs: names must not repeat
 
 
 @pytest.mark.parametrize("i", range({n}))
 def test_roundtrip(conn, i):
-    row = conn.execute("INSERT INTO t1 (name) VALUES (%s) RETURNING id", (f"n{{i}}",)).fetchone()
-    assert conn.execute("SELECT name FROM t1 WHERE id = %s", (row[0],)).fetchone()[0] == f"n{{i}}"
+    name = f"n{{i}}-{{RUN}}"
+    row = conn.execute("INSERT INTO t1 (name) VALUES (%s) RETURNING id", (name,)).fetchone()
+    assert conn.execute("SELECT name FROM t1 WHERE id = %s", (row[0],)).fetchone()[0] == name
 """
 
 FIRST_TEST_HOOK = """

@@ -47,9 +47,10 @@ def _require_function_loop(request: pytest.FixtureRequest, fixture: str) -> None
 
 def _plan(request: pytest.FixtureRequest) -> tuple[Sets, str]:
     """The migration sets and scope for this test, worked out once per test."""
-    plan = request.node.stash.get(_PLAN, None)
+    stash: pytest.Stash = request.node.stash
+    plan = stash.get(_PLAN, None)
     if plan is None:
-        plan = request.node.stash[_PLAN] = _marker_sets(request, state_of(request.config).settings)
+        plan = stash[_PLAN] = _marker_sets(request, state_of(request.config).settings)
     return plan
 
 
