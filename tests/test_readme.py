@@ -27,7 +27,11 @@ def test_readme_usage_snippets_pass(pytester: pytest.Pytester) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     result = pytester.runpytest_subprocess(
-        "--pgmig-migrations=migrations", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"
+        "--pgmig-migrations=migrations",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "ignore::DeprecationWarning",
     )
     tests = snippets()["test_usage.py"].count("\ndef test_") + snippets()["test_usage.py"].count(
         "\nasync def test_"
