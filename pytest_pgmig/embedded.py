@@ -310,8 +310,10 @@ def _is_postmaster_of(pid: int, data_dir: Path) -> bool:
 def _kill_postmaster(pid: int, data_dir: Path, process: subprocess.Popen[bytes] | None) -> None:
     if process is None and not (pid_alive(pid) and _is_postmaster_of(pid, data_dir)):
         return
-    # Immediate shutdown: the data is throwaway, so skip the checkpoint.
-    for sig, wait in ((signal.SIGQUIT, _STOP_TIMEOUT), (signal.SIGKILL, _STOP_TIMEOUT)):
+    # Fast shutdown: with fsync off its checkpoint is cheap, and unlike an immediate one
+    # (SIGQUIT) it removes the cluster's dynamic shared memory from /dev/shm.
+    steps = ((signal.SIGINT, _STOP_TIMEOUT), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0))
+    for sig, wait in steps:
         try:
             os.kill(pid, sig)
         except ProcessLookupError:

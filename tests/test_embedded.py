@@ -124,9 +124,12 @@ def test_folders_are_private_to_the_cluster_account(cluster: embedded.EmbeddedCl
 def test_stop_deletes_the_folder_and_is_idempotent(base: Path) -> None:
     cluster = embedded.start_cluster(base=base)
     pid = cluster.pid
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    segments = {Path(line.split()[-1]) for line in maps.splitlines() if "/dev/shm/" in line}
     cluster.stop()
     assert not cluster.run_dir.exists()
     assert not embedded.pid_alive(pid)
+    assert not [segment for segment in segments if segment.exists()]  # no /dev/shm leftovers
     cluster.stop()
     assert not base.exists() or not any(base.iterdir())
 
