@@ -223,16 +223,18 @@ def normalize(dsn: str) -> str:
     """Return ``dsn`` with user and password percent-encoded, so every driver parses it.
 
     People write passwords with ``@ / : %`` into URLs unencoded; libpq and asyncpg then
-    misread the host. Already encoded values are kept as they are; ``key=value`` DSNs are
-    returned unchanged.
+    misread the host. Already encoded values are kept as they are. A ``key=value`` DSN
+    (libpq's other form, which asyncpg does not read) becomes the equivalent URL.
 
     Example::
 
         >>> normalize("postgresql://app:p@ss/w:rd@db:5432/app")
         'postgresql://app:p%40ss%2Fw%3Ard@db:5432/app'
+        >>> normalize("host=db port=5433 dbname=app user=me password='a b'")
+        'postgresql://me:a%20b@/app?host=db&port=5433'
     """
     if not _is_url(dsn):
-        return dsn
+        return _kv_to_url(_parse_kv(dsn))
     head, userinfo, rest, _ = _split_url(dsn)
     if userinfo is None:
         return head + rest
@@ -241,6 +243,18 @@ def normalize(dsn: str) -> str:
         ":" + quote(unquote(password), safe="") if sep else ""
     )
     return f"{head}{userinfo}@{rest}"
+
+
+def _kv_to_url(params: dict[str, str]) -> str:
+    rest = dict(params)
+    user = rest.pop("user", "")
+    password = rest.pop("password", None)
+    database = rest.pop("dbname", "")
+    userinfo = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    query = urlencode(rest, quote_via=quote, safe="")
+    return f"postgresql://{userinfo + '@' if userinfo else ''}/{quote(database, safe='')}" + (
+        f"?{query}" if query else ""
+    )
 
 
 def socket_dsn(socket_dir: str, *, port: int, user: str, database: str) -> str:

@@ -160,8 +160,8 @@ class PgmigState:
         from pytest_pgmig import server as srv
 
         if self.shared_key is not None:
-            if not keep_server:
-                srv.release_shared(self.shared_key)
+            # a kept schema needs its server: the last process out then leaves it running
+            srv.release_shared(self.shared_key, keep=keep_server)
         elif self.handle is not None:
             if keep_server:
                 self.handle.detach()

@@ -126,7 +126,7 @@ def test_normalize_encodes_credentials_once() -> None:
     encoded = "postgresql://app:p%40ss@db/app"
     assert normalize(encoded) == encoded
     assert normalize("postgresql://db/app") == "postgresql://db/app"
-    assert normalize("host=db") == "host=db"
+    assert normalize("host=db") == "postgresql:///?host=db"
 
 
 def test_socket_dsn_round_trips_through_parse() -> None:
@@ -164,3 +164,11 @@ def test_with_search_path_key_value() -> None:
     dsn = with_search_path("host=/tmp dbname=d options='-c work_mem=4MB'", "t_1")
     assert dsn == "host=/tmp dbname=d options='-c work_mem=4MB -c search_path=\"t_1\"'"
     assert parse(dsn) == DsnParts("/tmp", 5432, "d", parse(dsn).user)
+
+
+def test_normalize_turns_a_keyword_dsn_into_a_url() -> None:
+    url = normalize("host=/tmp/pg port=5433 dbname=app user=me password='p@ss w:rd%'")
+    assert url == "postgresql://me:p%40ss%20w%3Ard%25@/app?host=%2Ftmp%2Fpg&port=5433"
+    parts = parse(url)
+    assert (parts.host, parts.port, parts.database, parts.user) == ("/tmp/pg", 5433, "app", "me")
+    assert password_of(url) == "p@ss w:rd%"

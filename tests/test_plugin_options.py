@@ -254,14 +254,7 @@ PASSWORD = "p@ss/w:rd%"
 BAD_DSNS = {
     "url": "postgresql://alice:p%40ss%2Fw%3Ard%25@127.0.0.1:1/appdb",
     "raw-url": "postgresql://alice:p@ss/w:rd%@127.0.0.1:1/appdb",
-    "keywords": pytest.param(
-        "host=127.0.0.1 port=1 dbname=appdb user=alice password='p@ss/w:rd%'",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="dsn.normalize passes key=value DSNs to asyncpg unchanged, which rejects "
-            "them ('invalid DSN: scheme is expected...'); see /tmp/pgmig/plugin-bugs.md",
-        ),
-    ),
+    "keywords": "host=127.0.0.1 port=1 dbname=appdb user=alice password='p@ss/w:rd%'",
 }
 
 
