@@ -104,6 +104,19 @@ def pg_dump(dsn: str, *, exclude: tuple[str, ...] = (REGISTRY,)) -> str:
     )
 
 
+def text_of(result: pytest.RunResult) -> str:
+    """Everything an inner run printed, stdout then stderr."""
+    return "\n".join(result.outlines + result.errlines)
+
+
+def usage_error(result: pytest.RunResult) -> str:
+    """Assert the run stopped with a usage error and no traceback; its output."""
+    text = text_of(result)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, text
+    assert "Traceback" not in text and "INTERNALERROR" not in text, text
+    return text
+
+
 # --- pytest runs in processes of their own ---------------------------------------------------
 
 

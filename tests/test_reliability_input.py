@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from plugin_support import MIGRATIONS, make_project, run_dirs, sql, write_migrations
-from reliability_support import objects, pgmig_schemas, registered
+from reliability_support import objects, pgmig_schemas, registered, text_of, usage_error
 
 from pytest_pgmig import embedded
 
@@ -30,17 +30,6 @@ import pytest
 def test_it(pgmig_schema):
     pass
 """
-
-
-def text_of(result: pytest.RunResult) -> str:
-    return "\n".join(result.outlines + result.errlines)
-
-
-def assert_clean_usage_error(result: pytest.RunResult) -> str:
-    text = text_of(result)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR, text
-    assert "Traceback" not in text and "INTERNALERROR" not in text, text
-    return text
 
 
 # --- the migrations folder -------------------------------------------------------------------
@@ -56,7 +45,7 @@ def test_bad_folder_stops_the_run_before_any_server_starts(
         pytester.makefile(".sql", migrations="CREATE TABLE t ();")
         os.rename(pytester.path / "migrations.sql", pytester.path / "migrations")
     pytester.makepyfile(test_x=ONE_TEST)
-    text = assert_clean_usage_error(pytester.runpytest("--pgmig-migrations=migrations"))
+    text = usage_error(pytester.runpytest("--pgmig-migrations=migrations"))
     expected = {
         "missing": "does not exist. Fix the path",
         "empty": "holds no .sql files. Add migrations such as 001_create_users.sql",
@@ -463,6 +452,6 @@ def test_unusable_module_names_are_usage_errors(
     if message is None:
         result.assert_outcomes(passed=1)
         return
-    text = assert_clean_usage_error(result)
+    text = usage_error(result)
     assert any(fnmatch(line, f"*{message}*") for line in text.splitlines()), text
     assert registered(server_dsn) == before
