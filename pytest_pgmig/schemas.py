@@ -237,12 +237,12 @@ class Workspace:
         if slot is None:
             async with self.op:
                 try:
-                    if pool.template is None and sets:
-                        pool.template = await self._make_template(sets)
-                    slot = await self._create(sets, kind="s")
+                    return await self._create(sets, kind="s")
                 except MigrationFailed as exc:
                     pool.failure = exc
                     raise
+        # A second test of this set is here: from now on one schema is prepared while the
+        # previous one is reset (a run of one test never pays for the spare).
         if spare and not pool.free and not pool.pending:
             pool.pending.append(asyncio.create_task(self._spare(sets)))
         return slot
@@ -289,7 +289,12 @@ class Workspace:
 
         The caller holds `op`.
         """
-        state = await self._reset(slot, self._pools[slot.key].template, terminate=terminate)
+        pool = self._pools[slot.key]
+        if pool.template is None and slot.key:
+            # made at the first reset, off the first test's path: the rows and sequence
+            # values a reset restores are read from it
+            pool.template = await self._make_template(slot.key)
+        state = await self._reset(slot, pool.template, terminate=terminate)
         if state is None:
             await self.discard(slot.schema.name)
             return False
