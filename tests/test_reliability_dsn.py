@@ -128,15 +128,24 @@ async def test_worker_scope(pgmig_pool, pgmig_migrations):
 """
 
 
-@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
+@pytest.mark.parametrize(
+    ("xdist", "form"),
+    [(False, "url"), (False, "keywords"), (True, "url")],
+    ids=["serial", "serial-keyword-dsn", "n2"],
+)
 def test_no_password_anywhere_in_a_full_run(
     pytester: pytest.Pytester,
     tcp: TcpCluster,
     app_dsn: str,
     monkeypatch: pytest.MonkeyPatch,
     xdist: bool,
+    form: str,
 ) -> None:
     """Header, captured output, logs, warnings, failures, --pgmig-keep hints, summary, junit."""
+    if form == "keywords":
+        app_dsn = (
+            f"host=127.0.0.1 port={tcp.port} dbname={DATABASE} user={ROLE} password='{PASSWORD}'"
+        )
     before = pgmig_schemas(tcp.admin_dsn.replace("/postgres?", f"/{DATABASE}?"))
     make_project(pytester, SECRETS_TESTS.replace("{port}", str(tcp.port)).replace("{role}", ROLE))
     broken = pytester.mkdir("broken")
@@ -164,7 +173,8 @@ def test_no_password_anywhere_in_a_full_run(
     kept = re.findall(r"schema (pgmig_\w+) kept; inspect it with: psql '([^']+)'", text)
     assert kept, text
     for _, psql_dsn in kept:
-        assert f"{ROLE}:***@127.0.0.1:{tcp.port}/{DATABASE}" in psql_dsn
+        assert psql_dsn.startswith(f"postgresql://{ROLE}:***@"), psql_dsn
+        assert "127.0.0.1" in psql_dsn and str(tcp.port) in psql_dsn and DATABASE in psql_dsn
     assert "missing_table" in text  # the broken migration was reported
     assert_no_password(text)
     assert_no_password(junit.read_text())
