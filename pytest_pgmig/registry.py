@@ -83,10 +83,24 @@ $state$;
 """
 
 _RESET = f"""
+CREATE OR REPLACE FUNCTION {REGISTRY}.rows_v1(p_schema text, p_table text) RETURNS text
+LANGUAGE plpgsql STABLE AS $rows$
+-- A table's rows as one hash: equal hashes, equal rows.
+DECLARE
+    h text;
+BEGIN
+    EXECUTE format(
+        $q$SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), ''))
+           FROM %I.%I AS t$q$, p_schema, p_table
+    ) INTO h;
+    RETURN h;
+END
+$rows$;
+
 CREATE OR REPLACE FUNCTION {REGISTRY}.reset_v1(
-    p_schema text, p_state text, p_template text, p_seeded text[], p_skip text[],
-    p_seq_names text[], p_seq_values bigint[], p_seq_called boolean[], p_app text,
-    p_log boolean
+    p_schema text, p_state text, p_template text, p_seeded text[], p_seed_rows text[],
+    p_skip text[], p_seq_names text[], p_seq_values bigint[], p_seq_called boolean[],
+    p_app text, p_log boolean
 ) RETURNS text LANGUAGE plpgsql AS $reset$
 -- Puts a used schema back to the state its migrations produced and returns its new state,
 -- or returns NULL when its DDL or tracking rows changed (the caller then replaces it).
@@ -94,9 +108,11 @@ CREATE OR REPLACE FUNCTION {REGISTRY}.reset_v1(
 DECLARE
     ns oid;
     rel text;
+    i integer;
     has_rows boolean;
     cols text;
     dirty text[] := '{{}}';
+    reseed text[] := '{{}}';
     superuser boolean;
 BEGIN
     IF p_app IS NOT NULL THEN
@@ -114,8 +130,13 @@ BEGIN
         WHERE c.relnamespace = ns AND c.relkind IN ('r', 'p') AND NOT c.relispartition
           AND c.relname <> ALL(p_skip)
     LOOP
-        IF rel = ANY(p_seeded) THEN
-            dirty := dirty || rel;
+        i := array_position(p_seeded, rel);
+        IF i IS NOT NULL THEN
+            -- seed rows the test left as they were stay; others are replaced
+            IF {REGISTRY}.rows_v1(p_schema, rel) IS DISTINCT FROM p_seed_rows[i] THEN
+                dirty := dirty || rel;
+                reseed := reseed || rel;
+            END IF;
         ELSE
             EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I)', p_schema, rel) INTO has_rows;
             IF has_rows THEN
@@ -136,8 +157,13 @@ BEGIN
             EXECUTE 'TRUNCATE ' || (
                 SELECT string_agg(format('%I.%I', p_schema, d), ', ') FROM unnest(dirty) AS d
             ) || ' CASCADE';
+            -- CASCADE may have emptied seeded tables that reference a truncated one
+            reseed := ARRAY(
+                SELECT s.rel FROM unnest(p_seeded, p_seed_rows) AS s(rel, rows)
+                WHERE {REGISTRY}.rows_v1(p_schema, s.rel) IS DISTINCT FROM s.rows
+            );
         END IF;
-        FOREACH rel IN ARRAY p_seeded LOOP
+        FOREACH rel IN ARRAY reseed LOOP
             SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
             FROM pg_attribute a
             WHERE a.attrelid = format('%I.%I', p_schema, rel)::regclass
@@ -224,7 +250,8 @@ CREATE TABLE IF NOT EXISTS {REGISTRY}.schemas (
 _SIGNATURES = (
     "fingerprint_v1(oid)",
     "state_v1(text,text[],boolean)",
-    "reset_v1(text,text,text,text[],text[],text[],bigint[],boolean[],text,boolean)",
+    "rows_v1(text,text)",
+    "reset_v1(text,text,text,text[],text[],text[],text[],bigint[],boolean[],text,boolean)",
 )
 
 

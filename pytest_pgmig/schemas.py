@@ -18,6 +18,7 @@ from pytest_pgmig.dsn import redact, with_search_path
 from pytest_pgmig.settings import MigrationSet
 
 TRACKING_TABLE = "schema_migrations"
+_RESET_CALL = f"SELECT {registry.REGISTRY}.reset_v1({', '.join(f'${i}' for i in range(1, 12))})"
 # a test that leaves a lock held must not stall teardown for long
 LOCK_TIMEOUT_MS = 5000
 
@@ -58,6 +59,7 @@ class _Template:
 
     name: str
     seeded: list[str]
+    seed_rows: list[str]
     seq_names: list[str]
     seq_values: list[int]
     seq_called: list[bool]
@@ -313,17 +315,23 @@ class Workspace:
         self, slot: Slot, template: _Template | None, *, terminate: bool
     ) -> str | None:
         tpl = template or _Template(
-            name=slot.schema.name, seeded=[], seq_names=[], seq_values=[], seq_called=[]
+            name=slot.schema.name,
+            seeded=[],
+            seed_rows=[],
+            seq_names=[],
+            seq_values=[],
+            seq_called=[],
         )
         app = registry.app_name(slot.schema.name)
         for attempt in (terminate, True):
             try:
                 state: str | None = await self.conn.fetchval(
-                    f"SELECT {registry.REGISTRY}.reset_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    _RESET_CALL,
                     slot.schema.name,
                     slot.state,
                     tpl.name,
                     tpl.seeded,
+                    tpl.seed_rows,
                     [TRACKING_TABLE],
                     tpl.seq_names,
                     tpl.seq_values,
@@ -397,11 +405,16 @@ class Workspace:
             name,
             TRACKING_TABLE,
         )
-        seeded = []
+        seeded, seed_rows = [], []
         for row in tables:
             table = f"{registry.quote_ident(name)}.{registry.quote_ident(row['relname'])}"
             if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"):
                 seeded.append(row["relname"])
+                seed_rows.append(
+                    await conn.fetchval(
+                        f"SELECT {registry.REGISTRY}.rows_v1($1, $2)", name, row["relname"]
+                    )
+                )
         seqs = await conn.fetch(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = $1 AND c.relkind = 'S'",
@@ -414,7 +427,7 @@ class Workspace:
             names.append(row["relname"])
             values.append(int(state["last_value"]))
             called.append(bool(state["is_called"]))
-        return _Template(name, seeded, names, values, called)
+        return _Template(name, seeded, seed_rows, names, values, called)
 
 
 def schema_dsn(admin_dsn: str, schema: str) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import psycopg
 import pytest
 import pytest_asyncio
 
@@ -80,18 +81,38 @@ async def snapshot(conn: asyncpg.Connection, schema: str) -> dict[str, object]:
     return state
 
 
+@pytest.fixture(scope="module")
+def nonsuper_dsn(pgmig_server: ServerInfo) -> Iterator[str]:
+    """A role without superuser, owning a database of its own: the reset's TRUNCATE path."""
+    name = f"eq_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pgmig_server.dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{name}" LOGIN')
+        conn.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+    yield pgmig_server.dsn.replace(
+        "postgresql://postgres@/postgres?", f"postgresql://{name}@/{name}?"
+    )
+    with psycopg.connect(pgmig_server.dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        conn.execute(f'DROP ROLE "{name}"')
+
+
+MODES = ["ddl-log", "fingerprint", "non-superuser"]
+
+
 @pytest_asyncio.fixture
 async def workspace(
     pgmig_server: ServerInfo, request: pytest.FixtureRequest
 ) -> AsyncIterator[Workspace]:
-    own = bool(getattr(request, "param", True))
+    mode = getattr(request, "param", "ddl-log")
+    dsn = request.getfixturevalue("nonsuper_dsn") if mode == "non-superuser" else pgmig_server.dsn
+    assert "postgres@/postgres?" in dsn or mode == "non-superuser"
     ws = Workspace(
-        admin_dsn=pgmig_server.dsn,
+        admin_dsn=dsn,
         run=uuid.uuid4().hex[:8],
         worker="eq",
         statement_timeout=60,
         module_default="bench",
-        own_server=own,
+        own_server=mode == "ddl-log",
     )
     await ws.start()
     yield ws
@@ -130,10 +151,10 @@ async def dirty(dsn: str) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("workspace", [True, False], indirect=True, ids=["ddl-log", "fingerprint"])
+@pytest.mark.parametrize("workspace", MODES, indirect=True)
 @pytest.mark.parametrize("size", sorted(SETS))
 async def test_reset_schema_equals_a_freshly_migrated_one(
-    workspace: Workspace, pgmig_server: ServerInfo, tmp_path: Path, size: str
+    workspace: Workspace, tmp_path: Path, size: str
 ) -> None:
     folder = write_set(tmp_path / "migrations", *SETS[size])
     sets = (MigrationSet("bench", folder),)
@@ -144,11 +165,12 @@ async def test_reset_schema_equals_a_freshly_migrated_one(
     again = await workspace.acquire(sets)
     assert again.schema.name == name, "a schema without DDL changes is reset, not replaced"
 
-    ref = await reference(pgmig_server.dsn, folder)
-    conn = await asyncpg.connect(pgmig_server.dsn)
+    dsn = workspace.admin_dsn
+    ref = await reference(dsn, folder)
+    conn = await asyncpg.connect(dsn)
     try:
         assert await snapshot(conn, name) == await snapshot(conn, ref)
-        assert dump_schema(pgmig_server.dsn, name) == dump_schema(pgmig_server.dsn, ref)
+        assert dump_schema(dsn, name) == dump_schema(dsn, ref)
     finally:
         await conn.execute(f'DROP SCHEMA "{ref}" CASCADE')
         await conn.close()
@@ -156,7 +178,7 @@ async def test_reset_schema_equals_a_freshly_migrated_one(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("workspace", [True, False], indirect=True, ids=["ddl-log", "fingerprint"])
+@pytest.mark.parametrize("workspace", MODES, indirect=True)
 async def test_ddl_change_replaces_the_schema(workspace: Workspace, tmp_path: Path) -> None:
     folder = write_set(tmp_path / "migrations", 3, 3)
     sets = (MigrationSet("bench", folder),)
