@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +193,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             f"dsn {info.address} PostgreSQL {'.'.join(map(str, info.version))} [{opts.dsn.source}]"
         )
     else:
-        server = f"{opts.server.value} [{opts.server.source}], started on first use"
+        server = f"{opts.server.value} [{opts.server.source}]: {_local_plan(opts.server.value)}"
     if opts.migrations.value:
         folders = ", ".join(f"{m.module}={_rel(config, m.path)}" for m in opts.migrations.value)
     else:
@@ -202,6 +203,31 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"scope {opts.scope}; keep {opts.keep}"
         + (f"; ddl log {opts.ddl_log}" if opts.ddl_log.value else "")
     ] + [f"pgmig: {note}" for note in config.stash.get(NOTES, [])]
+
+
+def _local_plan(requested: str) -> str:
+    """What the embedded server will be, told before it starts (it starts on first use)."""
+    if requested == "docker":
+        return "Docker, started on first use"
+    from pytest_pgmig import embedded
+
+    try:
+        bindir = embedded.find_bindir()
+    except embedded.EmbeddedError as exc:
+        return f"no usable local binaries ({exc})"
+    if bindir is None:
+        return "no local binaries; Docker, started on first use"
+    try:
+        out = subprocess.run(
+            [str(bindir / "postgres"), "-V"], capture_output=True, text=True, timeout=5
+        ).stdout
+        version = out.split(")", 1)[1].split()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        version = "?"
+    return (
+        f"local PostgreSQL {version} from {bindir}, unix socket under {embedded.run_base()}, "
+        "started on first use"
+    )
 
 
 def _rel(config: pytest.Config, path: Path) -> str:
