@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from plugin_support import MIGRATIONS, make_project, run_dirs, sql, write_migrations
+from plugin_support import INI_ASYNC, MIGRATIONS, make_project, run_dirs, sql, write_migrations
 from reliability_support import objects, pgmig_schemas, registered, text_of, usage_error
 
 from pytest_pgmig import embedded
@@ -45,6 +45,7 @@ def test_bad_folder_stops_the_run_before_any_server_starts(
         pytester.makefile(".sql", migrations="CREATE TABLE t ();")
         os.rename(pytester.path / "migrations.sql", pytester.path / "migrations")
     pytester.makepyfile(test_x=ONE_TEST)
+    pytester.makeini(INI_ASYNC)
     text = usage_error(pytester.runpytest("--pgmig-migrations=migrations"))
     expected = {
         "missing": "does not exist. Fix the path",
@@ -201,6 +202,7 @@ def run_failing(pytester: pytest.Pytester, dsn: str, files: dict[str, str | byte
     for name, content in files.items():
         data = content if isinstance(content, bytes) else content.encode()
         (folder / name).write_bytes(data)
+    pytester.makeini(INI_ASYNC)
     pytester.makepyfile(
         test_project="""
         def test_first(pgmig_schema):
@@ -277,14 +279,14 @@ def test_waiting_migration_is_bounded_by_the_statement_timeout(
     waits_on: str,
 ) -> None:
     body = LOCKED if waits_on == "lock" else SLEEPS
-    make_project(pytester, ONE_TEST, files={**MIGRATIONS, "003_waits.sql": body}, ini=None)
+    make_project(pytester, ONE_TEST, files={**MIGRATIONS, "003_waits.sql": body})
     args = [f"--pgmig-dsn={server_dsn}", "--pgmig-migrations=migrations"]
     if source == "cli":
         args.append("--pgmig-statement-timeout=1.5")
     elif source == "env":
         monkeypatch.setenv("PGMIG_STATEMENT_TIMEOUT", "1.5")
     else:
-        pytester.makeini("[pytest]\npgmig_statement_timeout = 1.5\n")
+        pytester.makeini(INI_ASYNC + "pgmig_statement_timeout = 1.5\n")
     sql(server_dsn, "CREATE SCHEMA IF NOT EXISTS reliability_ext")
     sql(server_dsn, "CREATE TABLE IF NOT EXISTS reliability_ext.locked (n int)")
     # another session holds the table the migration reads, for longer than the run may take
@@ -351,7 +353,7 @@ def test_hostile_module_names_are_normalised_never_executed(
     project = pytester.mkdir("Robert'); DROP TABLE victim.students;--")
     write_migrations(project)
     pytester.makepyfile(test_hostile=HOSTILE)
-    pytester.makeini("[pytest]\nasyncio_mode = auto\n")
+    pytester.makeini(INI_ASYNC)
     args = [f"--pgmig-dsn={server_dsn}", "-rf"]
     if option is not None and option.startswith("--pgmig-migrations"):
         args.append(option.replace("=migrations", f"={project / 'migrations'}"))
@@ -441,8 +443,7 @@ def test_unusable_module_names_are_usage_errors(
     message: str | None,
 ) -> None:
     before = registered(server_dsn)
-    write_migrations(pytester.path)
-    pytester.makepyfile(test_x=ONE_TEST)
+    make_project(pytester, ONE_TEST)
     args = [f"--pgmig-dsn={server_dsn}", "--pgmig-migrations=migrations"]
     if where == "cli":
         args.append(f"--pgmig-module={value}")
