@@ -436,11 +436,15 @@ def kill_server(postmaster):
                 continue
             if ppid == postmaster:
                 children.append(int(entry))
-    for pid in [postmaster, *children]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    if os.environ.get("KILL_HOW") == "stop":
+        # pg_ctl stop -m fast: the server ends every session and shuts down in order
+        os.kill(postmaster, signal.SIGINT)
+    else:
+        for pid in [postmaster, *children]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     deadline = time.monotonic() + 30
     while any(alive(pid) for pid in [postmaster, *children]):
         assert time.monotonic() < deadline
@@ -501,6 +505,7 @@ def test_embedded_server_dies_mid_run(
     pytester: pytest.Pytester, run_base: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KILL_PID", "0")
+    monkeypatch.setenv("KILL_HOW", "kill")
     make_project(pytester, DYING.replace("{postmaster}", EMBEDDED_POSTMASTER))
     started = time.monotonic()
     result = pytester.runpytest_subprocess("--pgmig-migrations=migrations", "-p", "no:randomly")
@@ -509,11 +514,14 @@ def test_embedded_server_dies_mid_run(
     wait_for(lambda: run_dirs(run_base) == [], 30, "the run folder to be removed")
 
 
+@pytest.mark.parametrize("how", ["kill", "stop"])
 def test_dsn_server_dies_mid_run(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
+    """The DSN's server is killed outright, or stopped in order (`pg_ctl stop -m fast`)."""
     with local_server() as handle:
         monkeypatch.setenv("KILL_PID", str(postmaster_pid(handle)))
+        monkeypatch.setenv("KILL_HOW", how)
         make_project(pytester, DYING.replace("{postmaster}", "0"))
         started = time.monotonic()
         result = pytester.runpytest_subprocess(
