@@ -84,13 +84,25 @@ def decode(data: bytes, filename: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def read_bytes(path: Path) -> bytes:
+    """A migration file's bytes; an unreadable file is a `MigrationError` naming it."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise MigrationError(
+            f"Migration '{path.name}' cannot be read: {exc.strerror or exc}.",
+            migration_file=path.name,
+            hint=f"Check the permissions of {path} (the test run must be able to read it).",
+        ) from None
+
+
 def read_migration(path: Path) -> MigrationFile:
     """Read and analyse one migration file (no caching; see `load_migrations`)."""
     filename = path.name
     version = parse_version(filename)
     if version is None:
         raise _bad_names(path.parent, [filename])
-    content = decode(path.read_bytes(), filename)
+    content = decode(read_bytes(path), filename)
     return MigrationFile(
         filename, path, version, content, checksum(content), plan_for(content, filename)
     )

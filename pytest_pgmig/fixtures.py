@@ -86,7 +86,7 @@ def _marker_sets(request: pytest.FixtureRequest, opts: settings.Settings) -> tup
         if kwargs.get("scope") is not None:
             scope = settings.scope_type(str(kwargs["scope"]))
     except settings.BadValue as exc:
-        pytest.fail(f"pgmig marker: {exc}", pytrace=False)
+        raise pytest.fail.Exception(f"pgmig marker: {exc}", pytrace=False) from None
     return sets, scope
 
 
@@ -98,7 +98,7 @@ def _parse_marker_migrations(value: Any, base: Path) -> Sets:
             try:
                 settings.check_migrations_folder(mset.path, source="pgmig marker")
             except pytest.UsageError as exc:
-                pytest.fail(str(exc), pytrace=False)
+                raise pytest.fail.Exception(str(exc), pytrace=False) from None
             _checked_folders.add(mset.path)
     return sets
 
@@ -278,7 +278,7 @@ def pgmig_factory(
             try:
                 lib = settings.module_type(module)
             except settings.BadValue as exc:
-                pytest.fail(f"pgmig_factory: {exc}", pytrace=False)
+                raise pytest.fail.Exception(f"pgmig_factory: {exc}", pytrace=False) from None
             sets = tuple(settings.MigrationSet(lib, m.path) for m in sets[:1]) + sets[1:]
         try:
             slot: Slot = await asyncio.wrap_future(state.runtime.submit(space.acquire(sets)))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_pgmig.errors import MigrationError
-from pytest_pgmig.files import checksum, decode
+from pytest_pgmig.files import checksum, decode, read_bytes
 
 LOCK_NAME = "pgmig.lock"
 _HEADER = (
@@ -30,7 +30,7 @@ def current_checksums(folder: Path) -> dict[str, str]:
     sums: dict[str, str] = {}
     for path in sorted(folder.glob("*.sql")):
         if path.is_file() and not path.name.startswith("."):
-            sums[path.name] = checksum(decode(path.read_bytes(), path.name))
+            sums[path.name] = checksum(decode(read_bytes(path), path.name))
     return sums
 
 

@@ -100,7 +100,7 @@ $rows$;
 CREATE OR REPLACE FUNCTION {REGISTRY}.reset_v1(
     p_schema text, p_state text, p_template text, p_seeded text[], p_seed_rows text[],
     p_skip text[], p_seq_names text[], p_seq_values bigint[], p_seq_called boolean[],
-    p_app text, p_log boolean
+    p_app text, p_idle boolean, p_log boolean
 ) RETURNS text LANGUAGE plpgsql AS $reset$
 -- Puts a used schema back to the state its migrations produced and returns its new state,
 -- or returns NULL when its DDL or tracking rows changed (the caller then replaces it).
@@ -115,13 +115,20 @@ DECLARE
     reseed text[] := '{{}}';
     superuser boolean;
 BEGIN
-    IF p_app IS NOT NULL THEN
-        -- End the sessions a test left open on its schema: they would otherwise see the
-        -- next test's rows, or hold locks this reset waits for (lock_timeout bounds it).
-        PERFORM pg_terminate_backend(a.pid) FROM pg_stat_activity AS a
-        WHERE a.application_name = p_app AND a.pid <> pg_backend_pid();
-    END IF;
     SELECT oid INTO ns FROM pg_namespace WHERE nspname = p_schema;
+    IF p_app IS NOT NULL THEN
+        -- End what the test left behind: its sessions in a transaction (and, with p_idle,
+        -- idle ones too: they would see the next test's rows), and any session holding a
+        -- lock in the schema, whatever DSN it came through. lock_timeout bounds the rest.
+        PERFORM pg_terminate_backend(s.pid) FROM (
+            SELECT a.pid FROM pg_stat_activity AS a
+            WHERE a.application_name = p_app AND a.pid <> pg_backend_pid()
+              AND (p_idle OR a.state IS DISTINCT FROM 'idle')
+            UNION
+            SELECT l.pid FROM pg_locks AS l JOIN pg_class AS c ON c.oid = l.relation
+            WHERE c.relnamespace = ns AND l.pid <> pg_backend_pid()
+        ) AS s;
+    END IF;
     IF ns IS NULL OR {REGISTRY}.state_v1(p_schema, p_skip, p_log) IS DISTINCT FROM p_state THEN
         RETURN NULL;
     END IF;
@@ -251,7 +258,7 @@ _SIGNATURES = (
     "fingerprint_v1(oid)",
     "state_v1(text,text[],boolean)",
     "rows_v1(text,text)",
-    "reset_v1(text,text,text,text[],text[],text[],text[],bigint[],boolean[],text,boolean)",
+    "reset_v1(text,text,text,text[],text[],text[],text[],bigint[],boolean[],text,boolean,boolean)",
 )
 
 
@@ -306,11 +313,15 @@ async def register(
         )
 
 
-async def drop(conn: asyncpg.Connection, names: list[str], *, lease: int) -> list[str]:
+async def drop(
+    conn: asyncpg.Connection, names: list[str], *, lease: int, lock_timeout_ms: int | None = None
+) -> list[str]:
     """Drop the named schemas, but only those the registry says this lease owns."""
     if not names:
         return []
     async with conn.transaction():
+        if lock_timeout_ms is not None:
+            await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
         owned: list[str] = [
             r["name"]
             for r in await conn.fetch(
@@ -353,20 +364,35 @@ async def reap(conn: asyncpg.Connection) -> list[str]:
                     f"SELECT name FROM {REGISTRY}.schemas WHERE lease = $1", lease
                 )
             ]
-            await terminate_sessions(conn, [app_name(n) for n in names])
-            dropped += await drop(conn, names, lease=lease)
+            # Sessions through its DSNs are the dead run's leftovers; a session of someone
+            # else's that holds a lock in one (a kept schema being inspected) is left alone,
+            # and the schemas wait for a later run.
+            await terminate_sessions(conn, names, lock_holders=False)
+            dropped += await drop(conn, names, lease=lease, lock_timeout_ms=500)
+        except asyncpg.LockNotAvailableError:
+            pass
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS, lease)
     return dropped
 
 
-async def terminate_sessions(conn: asyncpg.Connection, app_names: list[str]) -> None:
-    """End other sessions opened through these schemas' DSNs (locks go as they exit)."""
-    if app_names:
+async def terminate_sessions(
+    conn: asyncpg.Connection, schemas: list[str], *, lock_holders: bool = True
+) -> None:
+    """End the sessions opened through these schemas' DSNs, and any holding locks in them."""
+    if schemas:
         await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = ANY($1::text[]) AND pid <> pg_backend_pid()",
-            app_names,
+            "SELECT pg_terminate_backend(s.pid) FROM ("
+            " SELECT pid FROM pg_stat_activity"
+            " WHERE application_name = ANY($1::text[]) AND pid <> pg_backend_pid()"
+            " UNION"
+            " SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE $3 AND n.nspname = ANY($2::text[]) AND l.pid <> pg_backend_pid()"
+            ") AS s",
+            [app_name(n) for n in schemas],
+            schemas,
+            lock_holders,
         )
 
 

@@ -30,7 +30,14 @@ class Runtime:
         if self._loop.is_closed():
             coro.close()
             raise RuntimeError("pytest-pgmig's runtime is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            # Ctrl-C (or a timeout) stops the wait, not the work: cancel it too, so that the
+            # connection it runs on is free for the clean-up that follows.
+            future.cancel()
+            raise
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Start `coro` on the plugin's loop; await it elsewhere with `asyncio.wrap_future`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -18,7 +19,7 @@ from pytest_pgmig.dsn import redact, with_search_path
 from pytest_pgmig.settings import MigrationSet
 
 TRACKING_TABLE = "schema_migrations"
-_RESET_CALL = f"SELECT {registry.REGISTRY}.reset_v1({', '.join(f'${i}' for i in range(1, 12))})"
+_RESET_CALL = f"SELECT {registry.REGISTRY}.reset_v1({', '.join(f'${i}' for i in range(1, 13))})"
 # a test that leaves a lock held must not stall teardown for long
 LOCK_TIMEOUT_MS = 5000
 
@@ -174,6 +175,7 @@ class Workspace:
         self.stats = Stats()
         self._conn: asyncpg.Connection | None = None
         self._lease = 0
+        self._server_pid = 0
         self._pools: dict[tuple[MigrationSet, ...], _SetPool] = {}
         self._mine: list[str] = []
         self._counter = 0
@@ -201,24 +203,50 @@ class Workspace:
             "client_min_messages": "warning",
         }
         self._conn = await asyncpg.connect(self.admin_dsn, server_settings=settings, timeout=10)
+        self._server_pid = self._conn.get_server_pid()
         await registry.install(self._conn, own_server=self.own_server)
         self._lease = await registry.take_lease(self._conn)
         return await registry.reap(self._conn)
 
     async def close(self) -> None:
         """Drop every schema this process made (kept ones stay), then disconnect."""
-        if self._conn is None or self._conn.is_closed():
+        conn = self._conn
+        if conn is None:
             return
         pending = [task for pool in self._pools.values() for task in pool.pending]
         await asyncio.gather(*pending, return_exceptions=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            # whatever was interrupted on the control connection finishes unwinding first
+            await asyncio.wait_for(self.op.acquire(), timeout=LOCK_TIMEOUT_MS / 1000)
+        names = list(self._mine)
         try:
-            names = list(self._mine)
             if names:
-                await registry.terminate_sessions(self.conn, [registry.app_name(n) for n in names])
-                self.stats.dropped += len(await registry.drop(self.conn, names, lease=self._lease))
-                self._mine = []
+                try:
+                    if conn.is_closed():
+                        raise asyncpg.InterfaceError("the control connection is closed")
+                    await self._drop_all(conn, names)
+                except (asyncpg.InterfaceError, asyncpg.InternalClientError):
+                    # Interrupted mid-statement (Ctrl-C during a migration): that session may
+                    # still run it and hold its locks. End it, and drop from a fresh one.
+                    pid = self._server_pid
+                    conn.terminate()
+                    fresh = await asyncpg.connect(self.admin_dsn, timeout=10)
+                    try:
+                        await fresh.execute("SELECT pg_terminate_backend($1)", pid)
+                        await self._drop_all(fresh, names)
+                    finally:
+                        await fresh.close()
         finally:
-            await self._conn.close()
+            if not conn.is_closed():
+                try:
+                    await asyncio.wait_for(conn.close(), timeout=5)
+                except Exception:
+                    conn.terminate()
+
+    async def _drop_all(self, conn: asyncpg.Connection, names: list[str]) -> None:
+        await registry.terminate_sessions(conn, names)
+        self.stats.dropped += len(await registry.drop(conn, names, lease=self._lease))
+        self._mine = []
 
     def _next_name(self, kind: str) -> str:
         self._counter += 1
@@ -306,7 +334,7 @@ class Workspace:
 
     async def discard(self, name: str) -> None:
         """Drop one schema of ours now, ending the sessions still on it."""
-        await registry.terminate_sessions(self.conn, [registry.app_name(name)])
+        await registry.terminate_sessions(self.conn, [name])
         self.stats.dropped += len(await registry.drop(self.conn, [name], lease=self._lease))
         if name in self._mine:
             self._mine.remove(name)
@@ -322,8 +350,9 @@ class Workspace:
             seq_values=[],
             seq_called=[],
         )
-        app = registry.app_name(slot.schema.name)
-        for attempt in (terminate, True):
+        # First what the test left in a transaction or holding locks (and, with `terminate`,
+        # its idle sessions too); if a lock still times out, every session on the schema.
+        for idle in dict.fromkeys((terminate, True)):
             try:
                 state: str | None = await self.conn.fetchval(
                     _RESET_CALL,
@@ -336,13 +365,13 @@ class Workspace:
                     tpl.seq_names,
                     tpl.seq_values,
                     tpl.seq_called,
-                    app if attempt else None,
+                    registry.app_name(slot.schema.name),
+                    idle,
                     self.own_server,
                 )
                 return state
             except asyncpg.LockNotAvailableError:
-                if attempt:
-                    return None
+                continue
         return None
 
     async def _create(self, sets: tuple[MigrationSet, ...], *, kind: str) -> Slot:
@@ -354,9 +383,11 @@ class Workspace:
         self.stats.created += 1
         try:
             module_names = await self._migrate(name, sets)
-        except BaseException:
+        except Exception:
             await self.discard(name)
             raise
+        # (a cancelled migration, Ctrl-C, leaves the schema to close(): the connection is
+        # still busy with the statement being cancelled)
         state = await self.conn.fetchval(
             f"SELECT {registry.REGISTRY}.state_v1($1, $2, $3)",
             name,

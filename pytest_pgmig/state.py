@@ -63,7 +63,13 @@ class PgmigState:
             raise
         try:
             return self.runtime.run(coro, timeout)
-        except (OSError, asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError) as exc:
+        except (
+            OSError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            asyncpg.ConnectionDoesNotExistError,
+        ) as exc:
+            # files are read into MigrationErrors, so an OSError here is the connection's
             self.lost(exc)
         except asyncpg.PostgresError as exc:
             if exc.sqlstate in _SERVER_GONE or (exc.sqlstate or "").startswith("08"):
@@ -83,7 +89,7 @@ class PgmigState:
     def server(self) -> ServerInfo:
         """The run's server, started (or joined, under xdist) on first use."""
         if self.server_error is not None:
-            pytest.fail(self.server_error, pytrace=False)
+            fail_test(self.server_error)
         if self.info is not None:
             return self.info
         from pytest_pgmig import server as srv
@@ -105,7 +111,7 @@ class PgmigState:
                 self.info = self.handle.info
         except ServerError as exc:
             self.server_error = f"pgmig: {exc}"
-            pytest.fail(self.server_error, pytrace=False)
+            fail_test(self.server_error)
         return self.info
 
     def space(self) -> Workspace:
@@ -129,8 +135,10 @@ class PgmigState:
         try:
             self.runtime.run(workspace.start())
         except Exception as exc:
-            self.server_error = f"pgmig: cannot prepare the server {info.redacted_dsn}: {exc}"
-            pytest.fail(self.server_error, pytrace=False)
+            self.server_error = (
+                f"pgmig: cannot prepare the server {info.redacted_dsn}: {scrub(str(exc), info.dsn)}"
+            )
+            fail_test(self.server_error)
         self.workspace = workspace
         return workspace
 

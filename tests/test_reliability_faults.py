@@ -148,13 +148,6 @@ def test_next_test(pgmig_dsn, pgmig_schema):
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reset and drop end only sessions whose application_name is the schema's: a lock "
-    "taken through the admin DSN costs 3 lock timeouts per teardown and the final drop fails "
-    "('could not drop this run's schemas'), leaving them to the next run; see "
-    "/tmp/pgmig/reliability-bugs.md",
-)
 def test_a_lock_from_a_session_on_another_dsn_does_not_stall_teardown(
     pytester: pytest.Pytester, dsn: str
 ) -> None:
@@ -172,13 +165,6 @@ def test_fails(pgmig_schema):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="registry.reap drops a dead run's schemas on the control connection with a 5 s "
-    "lock_timeout and does not catch the failure: one leftover schema that someone's open "
-    "session still reads makes every test of the next run ERROR ('cannot prepare the "
-    "server'); see /tmp/pgmig/reliability-bugs.md",
-)
 def test_a_leftover_schema_in_use_does_not_stop_the_next_run(
     pytester: pytest.Pytester, dsn: str
 ) -> None:
@@ -258,13 +244,6 @@ SLOW_MIGRATION = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ctrl-C leaves the migration running on the control connection; the session's end "
-    "then fails to drop ('could not drop this run's schemas: another operation is in "
-    "progress') and the template schema stays until the next run; see "
-    "/tmp/pgmig/reliability-bugs.md",
-)
 def test_sigint_during_migrations_leaves_nothing(pytester: pytest.Pytester, dsn: str) -> None:
     make_project(pytester, "def test_it(pgmig_schema):\n    pass\n", files=SLOW_MIGRATION)
     write_migrations(pytester.path, name="good")
@@ -490,14 +469,10 @@ def assert_fails_fast(result: pytest.RunResult, elapsed: float) -> str:
     assert len(failed) + len(errors) >= 8, text
     assert text.count("pgmig: lost the PostgreSQL server ") >= 7, text
     assert server_gone_message(text), text
-    if errors:
-        # intermittent: see the bugs file; a strict xfail would flake either way
-        pytest.xfail(
-            "the first test after the server died ERRORed with asyncpg's InternalClientError "
-            "('another operation is in progress') and a traceback instead of FAILING with "
-            "the lost-server message; see /tmp/pgmig/reliability-bugs.md"
-        )
-    assert "Traceback" not in text, text
+    # only the killing test may error (in its own teardown); every later test FAILS with
+    # the lost-server message, never with a driver's traceback
+    assert all("test_kills_the_server" in line for line in errors), text
+    assert "InternalClientError" not in text, text
     return text
 
 

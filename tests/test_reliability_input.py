@@ -140,12 +140,6 @@ def test_unreadable_folder() -> None:
 
 
 @as_nobody
-@pytest.mark.xfail(
-    strict=True,
-    reason="state.call treats any OSError as a lost server: an unreadable migration file is "
-    "reported as 'lost the PostgreSQL server' and fails every later test; see "
-    "/tmp/pgmig/reliability-bugs.md",
-)
 def test_unreadable_migration_file() -> None:
     with open_project(ONE_TEST + OTHER_SET) as project:
         write_migrations(project, {"001_ok.sql": "CREATE TABLE ok (n int);"}, "good")
@@ -391,12 +385,6 @@ def test_marker_nothing_left(pgmig_schema):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fixtures._marker_sets calls pytest.fail inside `except BadValue` without "
-    "`from None`: the report prints the message twice, joined by 'During handling of the "
-    "above exception'; see /tmp/pgmig/reliability-bugs.md",
-)
 def test_unusable_marker_module_is_one_clean_message(
     pytester: pytest.Pytester, server_dsn: str
 ) -> None:
