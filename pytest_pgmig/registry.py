@@ -83,6 +83,25 @@ $state$;
 """
 
 _RESET = f"""
+CREATE OR REPLACE FUNCTION {REGISTRY}.end_sessions_v1(
+    ns oid, p_app text, p_idle boolean, p_locks boolean
+) RETURNS void LANGUAGE plpgsql AS $end$
+-- End what a test left behind: its sessions in a transaction (and, with p_idle, idle ones
+-- too: they would see the next test's rows), and with p_locks any session holding a lock in
+-- the schema, whatever DSN it came through (reading pg_locks costs a millisecond or two, so
+-- only once a reset has met a lock).
+BEGIN
+    PERFORM pg_terminate_backend(a.pid) FROM pg_stat_activity AS a
+    WHERE a.application_name = p_app AND a.pid <> pg_backend_pid()
+      AND (p_idle OR a.state IS DISTINCT FROM 'idle');
+    IF p_locks THEN
+        PERFORM pg_terminate_backend(l.pid)
+        FROM (SELECT DISTINCT pid FROM pg_locks JOIN pg_class AS c ON c.oid = relation
+              WHERE c.relnamespace = ns AND pid <> pg_backend_pid()) AS l;
+    END IF;
+END
+$end$;
+
 CREATE OR REPLACE FUNCTION {REGISTRY}.rows_v1(p_schema text, p_table text) RETURNS text
 LANGUAGE plpgsql STABLE AS $rows$
 -- A table's rows as one hash: equal hashes, equal rows.
@@ -113,21 +132,11 @@ DECLARE
     cols text;
     dirty text[] := '{{}}';
     reseed text[] := '{{}}';
-    superuser boolean;
+    replica boolean;
 BEGIN
     SELECT oid INTO ns FROM pg_namespace WHERE nspname = p_schema;
     IF p_app IS NOT NULL THEN
-        -- End what the test left behind: its sessions in a transaction (and, with p_idle,
-        -- idle ones too: they would see the next test's rows), and any session holding a
-        -- lock in the schema, whatever DSN it came through. lock_timeout bounds the rest.
-        PERFORM pg_terminate_backend(s.pid) FROM (
-            SELECT a.pid FROM pg_stat_activity AS a
-            WHERE a.application_name = p_app AND a.pid <> pg_backend_pid()
-              AND (p_idle OR a.state IS DISTINCT FROM 'idle')
-            UNION
-            SELECT l.pid FROM pg_locks AS l JOIN pg_class AS c ON c.oid = l.relation
-            WHERE c.relnamespace = ns AND l.pid <> pg_backend_pid()
-        ) AS s;
+        PERFORM {REGISTRY}.end_sessions_v1(ns, p_app, p_idle, p_idle);
     END IF;
     IF ns IS NULL OR {REGISTRY}.state_v1(p_schema, p_skip, p_log) IS DISTINCT FROM p_state THEN
         RETURN NULL;
@@ -152,11 +161,18 @@ BEGIN
         END IF;
     END LOOP;
     IF cardinality(dirty) > 0 THEN
-        SELECT rolsuper INTO superuser FROM pg_roles WHERE rolname = current_user;
-        IF superuser THEN
-            -- DELETE leaves the catalog untouched; replica role skips user and FK triggers,
-            -- so rows go in any order and none of the user's triggers runs.
-            SET LOCAL session_replication_role = replica;
+        -- DELETE leaves the catalog untouched; replica role skips user and FK triggers, so
+        -- rows go in any order and none of the user's triggers runs. The caller's session
+        -- is in replica role already where it can be: setting it here would flush every
+        -- cached plan, this function's included, on each call.
+        replica := current_setting('session_replication_role') = 'replica';
+        IF NOT replica THEN
+            SELECT rolsuper INTO replica FROM pg_roles WHERE rolname = current_user;
+            IF replica THEN
+                SET LOCAL session_replication_role = replica;
+            END IF;
+        END IF;
+        IF replica THEN
             FOREACH rel IN ARRAY dirty LOOP
                 EXECUTE format('DELETE FROM %I.%I', p_schema, rel);
             END LOOP;
@@ -185,7 +201,7 @@ BEGIN
     FROM unnest(p_seq_names, p_seq_values, p_seq_called) AS s(name, value, called)
     WHERE pg_sequence_last_value(format('%I.%I', p_schema, s.name)::regclass)
           IS DISTINCT FROM CASE WHEN s.called THEN s.value END;
-    IF cardinality(dirty) > 0 AND NOT superuser THEN
+    IF cardinality(dirty) > 0 AND NOT replica THEN
         RETURN {REGISTRY}.state_v1(p_schema, p_skip, p_log);  -- TRUNCATE gave new relfilenodes
     END IF;
     RETURN p_state;
@@ -257,6 +273,7 @@ CREATE TABLE IF NOT EXISTS {REGISTRY}.schemas (
 _SIGNATURES = (
     "fingerprint_v1(oid)",
     "state_v1(text,text[],boolean)",
+    "end_sessions_v1(oid,text,boolean,boolean)",
     "rows_v1(text,text)",
     "reset_v1(text,text,text,text[],text[],text[],text[],bigint[],boolean[],text,boolean,boolean)",
 )
@@ -341,7 +358,19 @@ async def drop(
             await conn.execute(
                 "DROP SCHEMA " + ", ".join(quote_ident(n) for n in present) + " CASCADE"
             )
+        for name in owned:
+            await conn.execute(f"DROP FUNCTION IF EXISTS {reset_function(name)}")
     return present
+
+
+def reset_function(schema: str) -> str:
+    """The qualified name of the reset function made for one schema (see `reset_script`)."""
+    return f"{REGISTRY}.{quote_ident('reset_' + schema)}"
+
+
+def literal(text: str) -> str:
+    """A SQL string literal (standard_conforming_strings, on since PostgreSQL 9.1)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 async def keep(conn: asyncpg.Connection, name: str) -> None:
