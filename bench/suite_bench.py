@@ -6,7 +6,8 @@ tests, each inserting a row into the first table and reading it back through psy
 test bodies and driver are the same for every contender; only the `conn` fixture differs:
 
   a. floor       one pre-migrated schema, one connection, no isolation
-  b. test        pytest-pgmig --pgmig-scope=test, a connection per test
+  b. test        pytest-pgmig --pgmig-scope=test, a connection per test (b2: a connection
+                 kept per schema DSN, which test scope allows: a schema keeps its name)
   c. worker      pytest-pgmig --pgmig-scope=worker, a connection per worker
   d. pg-postgresql  pytest-postgresql's postgresql_noproc + load, a database per test
   e. b and c under -n 2
@@ -83,6 +84,16 @@ def conn(pgmig_dsn):
     c = psycopg.connect(pgmig_dsn, autocommit=True)
     yield c
     c.close()
+""",
+    "pgmig-kept": """
+import psycopg, pytest
+_conns = {}
+@pytest.fixture
+def conn(pgmig_dsn):
+    c = _conns.get(pgmig_dsn)
+    if c is None or c.closed:
+        c = _conns[pgmig_dsn] = psycopg.connect(pgmig_dsn, autocommit=True)
+    return c
 """,
     "pgmig-worker": """
 import psycopg, pytest
@@ -176,6 +187,7 @@ def bench_set(
             ["--pgmig-scope=test"],
             {"PGMIG_DDL_LOG": "0"},
         ),
+        "b2. pgmig test, conn kept": ("pgmig-kept", ["--pgmig-scope=test"], {}),
         "c. pgmig worker": ("pgmig-worker", ["--pgmig-scope=worker"], {}),
         "d. pytest-postgresql": ("pytest-postgresql", ["-p", "no:pgmig"], {}),
         "e. pgmig test -n 2": ("pgmig-test", ["--pgmig-scope=test", "-n", "2"], {}),

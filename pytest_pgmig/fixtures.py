@@ -141,7 +141,7 @@ def pgmig_schema(request: pytest.FixtureRequest) -> Iterator[PgmigSchema]:
         if kept:
             state.call(space.keep(slot))
             state.worker_slots.pop(sets, None)
-        elif not state.call(space.reset_now(slot, terminate=False)):
+        elif not state.call(space.reset_now(slot)):
             state.worker_slots.pop(sets, None)
     else:
         state.call(space.keep(slot) if kept else space.release_later(slot))

@@ -7,6 +7,8 @@ import random
 import asyncpg  # type: ignore[import-untyped]
 
 REGISTRY = "pgmig_registry"
+# idle sessions a reset leaves on a schema: a connection kept across tests survives
+IDLE_KEPT = 4
 # classid of every advisory lock the plugin takes (b"pgmi"), so ours never meet a user's keys
 LOCK_CLASS = 0x70676D69
 _INSTALL_LOCK = 0  # objid serialising the registry's creation
@@ -84,17 +86,23 @@ $state$;
 
 _RESET = f"""
 CREATE OR REPLACE FUNCTION {REGISTRY}.end_sessions_v1(
-    ns oid, p_app text, p_idle boolean, p_locks boolean
+    ns oid, p_app text, p_all boolean
 ) RETURNS void LANGUAGE plpgsql AS $end$
--- End what a test left behind: its sessions in a transaction (and, with p_idle, idle ones
--- too: they would see the next test's rows), and with p_locks any session holding a lock in
--- the schema, whatever DSN it came through (reading pg_locks costs a millisecond or two, so
--- only once a reset has met a lock).
+-- End what a test left behind on its schema: its sessions in a transaction or running a
+-- statement, and idle ones past the {IDLE_KEPT} most recent (a harness may keep a connection
+-- to a schema it meets again; a leak must not exhaust the server). With p_all, after a
+-- reset met a lock: every session through the schema's DSN and any session holding a lock
+-- in the schema, whatever DSN it came through (reading pg_locks costs a millisecond or two).
 BEGIN
-    PERFORM pg_terminate_backend(a.pid) FROM pg_stat_activity AS a
-    WHERE a.application_name = p_app AND a.pid <> pg_backend_pid()
-      AND (p_idle OR a.state IS DISTINCT FROM 'idle');
-    IF p_locks THEN
+    PERFORM pg_terminate_backend(s.pid) FROM (
+        SELECT a.pid, a.state, row_number() OVER (
+            PARTITION BY a.state = 'idle' ORDER BY a.backend_start DESC
+        ) AS newest
+        FROM pg_stat_activity AS a
+        WHERE a.application_name = p_app AND a.pid <> pg_backend_pid()
+    ) AS s
+    WHERE p_all OR s.state IS DISTINCT FROM 'idle' OR s.newest > {IDLE_KEPT};
+    IF p_all THEN
         PERFORM pg_terminate_backend(l.pid)
         FROM (SELECT DISTINCT pid FROM pg_locks JOIN pg_class AS c ON c.oid = relation
               WHERE c.relnamespace = ns AND pid <> pg_backend_pid()) AS l;
@@ -119,7 +127,7 @@ $rows$;
 CREATE OR REPLACE FUNCTION {REGISTRY}.reset_v1(
     p_schema text, p_state text, p_template text, p_seeded text[], p_seed_rows text[],
     p_skip text[], p_seq_names text[], p_seq_values bigint[], p_seq_called boolean[],
-    p_app text, p_idle boolean, p_log boolean
+    p_app text, p_all boolean, p_log boolean
 ) RETURNS text LANGUAGE plpgsql AS $reset$
 -- Puts a used schema back to the state its migrations produced and returns its new state,
 -- or returns NULL when its DDL or tracking rows changed (the caller then replaces it).
@@ -136,7 +144,7 @@ DECLARE
 BEGIN
     SELECT oid INTO ns FROM pg_namespace WHERE nspname = p_schema;
     IF p_app IS NOT NULL THEN
-        PERFORM {REGISTRY}.end_sessions_v1(ns, p_app, p_idle, p_idle);
+        PERFORM {REGISTRY}.end_sessions_v1(ns, p_app, p_all);
     END IF;
     IF ns IS NULL OR {REGISTRY}.state_v1(p_schema, p_skip, p_log) IS DISTINCT FROM p_state THEN
         RETURN NULL;
@@ -273,7 +281,7 @@ CREATE TABLE IF NOT EXISTS {REGISTRY}.schemas (
 _SIGNATURES = (
     "fingerprint_v1(oid)",
     "state_v1(text,text[],boolean)",
-    "end_sessions_v1(oid,text,boolean,boolean)",
+    "end_sessions_v1(oid,text,boolean)",
     "rows_v1(text,text)",
     "reset_v1(text,text,text,text[],text[],text[],text[],bigint[],boolean[],text,boolean,boolean)",
 )

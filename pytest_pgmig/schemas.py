@@ -315,13 +315,13 @@ class Workspace:
 
     async def release(self, slot: Slot) -> None:
         """Reset a test's schema now (ending its sessions) and make it ready for reuse."""
-        if await self.reset_now(slot, terminate=True):
+        if await self.reset_now(slot):
             self._pools[slot.key].free.append(slot)
 
     async def _reset_task(self, slot: Slot) -> Slot | None:
         async with self.op:
             try:
-                return slot if await self.reset(slot, terminate=True) else None
+                return slot if await self.reset(slot) else None
             except asyncpg.PostgresError:
                 await self.discard(slot.schema.name)
                 return None
@@ -333,12 +333,12 @@ class Workspace:
         self._mine.remove(slot.schema.name)
         self.stats.kept += 1
 
-    async def reset_now(self, slot: Slot, *, terminate: bool) -> bool:
+    async def reset_now(self, slot: Slot) -> bool:
         """`reset`, taking its turn on the control connection."""
         async with self.op:
-            return await self.reset(slot, terminate=terminate)
+            return await self.reset(slot)
 
-    async def reset(self, slot: Slot, *, terminate: bool) -> bool:
+    async def reset(self, slot: Slot) -> bool:
         """Undo a test's work in its schema; False when the schema had to be dropped instead.
 
         The caller holds `op`.
@@ -350,7 +350,7 @@ class Workspace:
             pool.template = await self._make_template(slot.key)
         if slot.reset_fn is None and pool.template is not None and self._replica:
             slot.reset_fn = await self._make_reset_function(slot, pool.template)
-        state = await self._reset(slot, pool.template, terminate=terminate)
+        state = await self._reset(slot, pool.template)
         if state is None:
             await self.discard(slot.schema.name)
             return False
@@ -365,9 +365,7 @@ class Workspace:
         if name in self._mine:
             self._mine.remove(name)
 
-    async def _reset(
-        self, slot: Slot, template: _Template | None, *, terminate: bool
-    ) -> str | None:
+    async def _reset(self, slot: Slot, template: _Template | None) -> str | None:
         tpl = template or _Template(
             name=slot.schema.name,
             seeded=[],
@@ -376,17 +374,16 @@ class Workspace:
             seq_values=[],
             seq_called=[],
         )
-        # First the sessions the test left in a transaction through the schema's DSN (with
-        # `terminate`: all its sessions, and any session holding a lock in the schema); if a
-        # lock still times out, all of those.
-        for idle in dict.fromkeys((terminate, True)):
+        # First what the test left running or in a transaction through the schema's DSN (and
+        # idle sessions past a few); if a lock still times out, every session on the schema.
+        for every in (False, True):
             try:
                 if slot.reset_fn is not None:
                     fast: str | None = await self.reset_conn.fetchval(
                         f"SELECT {slot.reset_fn}($1, $2, $3, $4)",
                         slot.state,
                         registry.app_name(slot.schema.name),
-                        idle,
+                        every,
                         self.own_server,
                     )
                     return fast
@@ -402,7 +399,7 @@ class Workspace:
                     tpl.seq_values,
                     tpl.seq_called,
                     registry.app_name(slot.schema.name),
-                    idle,
+                    every,
                     self.own_server,
                 )
                 return state
@@ -456,11 +453,11 @@ class Workspace:
             )
         function = registry.reset_function(name)
         await self.conn.execute(
-            f"CREATE OR REPLACE FUNCTION {function}(p_state text, p_app text, p_idle boolean, "
+            f"CREATE OR REPLACE FUNCTION {function}(p_state text, p_app text, p_all boolean, "
             "p_log boolean) RETURNS text LANGUAGE plpgsql AS $pgmig_reset$\nBEGIN\n"
             "IF p_app IS NOT NULL THEN\n"
             f"    PERFORM {registry.REGISTRY}.end_sessions_v1({lit(q(name))}::regnamespace, "
-            "p_app, p_idle, p_idle);\nEND IF;\n"
+            "p_app, p_all);\nEND IF;\n"
             f"IF {registry.REGISTRY}.state_v1({lit(name)}, ARRAY[{lit(TRACKING_TABLE)}], p_log) "
             "IS DISTINCT FROM p_state THEN\n    RETURN NULL;\nEND IF;\n"
             + "\n".join(body)
