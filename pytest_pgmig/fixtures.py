@@ -141,8 +141,8 @@ def pgmig_schema(request: pytest.FixtureRequest) -> Iterator[PgmigSchema]:
         if kept:
             state.call(space.keep(slot))
             state.worker_slots.pop(sets, None)
-        elif not state.call(space.reset_now(slot)):
-            state.worker_slots.pop(sets, None)
+        else:
+            state.call(space.reset_later(slot))
     else:
         state.call(space.keep(slot) if kept else space.release_later(slot))
     space.stats.teardown_s.append(time.perf_counter() - started)
@@ -150,6 +150,8 @@ def pgmig_schema(request: pytest.FixtureRequest) -> Iterator[PgmigSchema]:
 
 def _worker_slot(state: PgmigState, sets: Sets) -> Slot:
     slot: Slot | None = state.worker_slots.get(sets)
+    if slot is not None and not state.call(state.space().ready(slot)):
+        slot = None  # the last test changed its DDL: it was dropped
     if slot is None:
         try:
             slot = state.call(state.space().acquire(sets))

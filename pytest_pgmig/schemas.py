@@ -75,6 +75,7 @@ class Slot:
     key: tuple[MigrationSet, ...]
     state: str
     reset_fn: str | None = None  # its own reset function, made at its first reset
+    pending: asyncio.Task[Slot | None] | None = None  # its reset under way (worker scope)
 
 
 @dataclass
@@ -184,6 +185,7 @@ class Workspace:
         self._mine: list[str] = []
         self._counter = 0
         self._op: asyncio.Lock | None = None
+        self._background: set[asyncio.Task[Slot | None]] = set()
 
     @property
     def op(self) -> asyncio.Lock:
@@ -237,7 +239,7 @@ class Workspace:
         if conn is None:
             return
         pending = [task for pool in self._pools.values() for task in pool.pending]
-        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*pending, *self._background, return_exceptions=True)
         with contextlib.suppress(asyncio.TimeoutError):
             # whatever was interrupted on the control connection finishes unwinding first
             await asyncio.wait_for(self.op.acquire(), timeout=LOCK_TIMEOUT_MS / 1000)
@@ -312,6 +314,20 @@ class Workspace:
         """Reset a test's schema in the background (ending its sessions) for a later test."""
         pool = self._pools[slot.key]
         pool.pending.append(asyncio.create_task(self._reset_task(slot)))
+
+    async def reset_later(self, slot: Slot) -> None:
+        """Start resetting a worker's schema; `ready` waits for it before the next test.
+
+        The reset then runs on the server while pytest reports the test and sets up the next.
+        """
+        slot.pending = asyncio.create_task(self._reset_task(slot))
+        self._background.add(slot.pending)
+        slot.pending.add_done_callback(self._background.discard)
+
+    async def ready(self, slot: Slot) -> bool:
+        """Wait for the slot's reset; False when it had to be dropped instead."""
+        task, slot.pending = slot.pending, None
+        return task is None or await task is not None
 
     async def release(self, slot: Slot) -> None:
         """Reset a test's schema now (ending its sessions) and make it ready for reuse."""
