@@ -5,7 +5,8 @@ foreign key to the previous table, timestamps, and a trigger function) and a sui
 tests, each inserting a row into the first table and reading it back through psycopg. The
 test bodies and driver are the same for every contender; only the `conn` fixture differs:
 
-  a. floor       one pre-migrated schema, one connection, no isolation
+  a. floor       one pre-migrated schema, one connection, no isolation (a2: a connection
+                 per test, to show what opening one costs)
   b. test        pytest-pgmig --pgmig-scope=test, a connection per test (b2: a connection
                  kept per schema DSN, which test scope allows: a schema keeps its name)
   c. worker      pytest-pgmig --pgmig-scope=worker, a connection per worker
@@ -76,6 +77,14 @@ def _session_conn():
 @pytest.fixture
 def conn(_session_conn):
     return _session_conn
+""",
+    "floor-connect": """
+import psycopg, pytest
+@pytest.fixture
+def conn():
+    c = psycopg.connect(os.environ["BENCH_FLOOR_DSN"], autocommit=True)
+    yield c
+    c.close()
 """,
     "pgmig-test": """
 import psycopg, pytest
@@ -181,6 +190,7 @@ def bench_set(
     }
     plans = {
         "a. floor": ("floor", [], {}),
+        "a2. floor, conn per test": ("floor-connect", [], {}),
         "b. pgmig test": ("pgmig-test", ["--pgmig-scope=test"], {}),
         "b'. pgmig test, no DDL log": (
             "pgmig-test",
