@@ -94,16 +94,6 @@ def conn(pgmig_dsn):
     yield c
     c.close()
 """,
-    "pgmig-kept": """
-import psycopg, pytest
-_conns = {}
-@pytest.fixture
-def conn(pgmig_dsn):
-    c = _conns.get(pgmig_dsn)
-    if c is None or c.closed:
-        c = _conns[pgmig_dsn] = psycopg.connect(pgmig_dsn, autocommit=True)
-    return c
-""",
     "pgmig-worker": """
 import psycopg, pytest
 _conns = {}
@@ -128,6 +118,10 @@ def conn(postgresql):
     return postgresql
 """,
 }
+
+
+# b2 keeps a connection per schema DSN exactly as the worker contender does
+CONFTESTS["pgmig-kept"] = CONFTESTS["pgmig-worker"]
 
 
 def write_suite(folder: Path, kind: str, n: int) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from pytest_pgmig.templates import quote_identifier, render, validate_identifier
+from pytest_pgmig.templates import quote_identifier, render, sql_literal, validate_identifier
 
 # asyncpg ships no type information; these aliases say what is meant.
 Connection = Any
@@ -243,11 +243,6 @@ class AsyncDatabaseManager(_Queries):
         """A transaction on one connection, committed on exit, rolled back on error."""
         async with self.acquire() as conn, conn.transaction():
             yield TransactionManager(conn, self.schema)
-
-
-def sql_literal(value: str) -> str:
-    """A string literal safe whatever ``standard_conforming_strings`` says: ``E'...'``."""
-    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 async def run_locked_ddl(conn: Connection, schema: str | None, ddl: str) -> None:

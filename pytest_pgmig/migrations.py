@@ -18,7 +18,6 @@ from pytest_pgmig.database import (
     Connection,
     create_schema_sql,
     run_locked_ddl,
-    sql_literal,
 )
 from pytest_pgmig.errors import MigrationError
 from pytest_pgmig.files import (
@@ -35,6 +34,7 @@ from pytest_pgmig.templates import (
     render,
     render_with_map,
     source_index,
+    sql_literal,
     validate_identifier,
 )
 

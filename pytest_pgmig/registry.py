@@ -6,6 +6,8 @@ import random
 
 import asyncpg  # type: ignore[import-untyped]
 
+from pytest_pgmig.templates import quote_identifier as quote_ident
+
 REGISTRY = "pgmig_registry"
 # idle sessions a reset leaves on a schema: a connection kept across tests survives
 IDLE_KEPT = 4
@@ -376,11 +378,6 @@ def reset_function(schema: str) -> str:
     return f"{REGISTRY}.{quote_ident('reset_' + schema)}"
 
 
-def literal(text: str) -> str:
-    """A SQL string literal (standard_conforming_strings, on since PostgreSQL 9.1)."""
-    return "'" + text.replace("'", "''") + "'"
-
-
 async def keep(conn: asyncpg.Connection, name: str) -> None:
     """Mark a schema kept for inspection; the next run drops it like any dead run's."""
     await conn.execute(f"UPDATE {REGISTRY}.schemas SET kept = true WHERE name = $1", name)
@@ -436,8 +433,3 @@ async def terminate_sessions(
 def app_name(schema: str) -> str:
     """The application_name that marks connections made through a schema's DSN."""
     return f"pgmig:{schema}"[:63]
-
-
-def quote_ident(name: str) -> str:
-    """Quote an identifier for SQL, doubling embedded quotes."""
-    return '"' + name.replace('"', '""') + '"'

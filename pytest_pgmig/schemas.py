@@ -17,6 +17,7 @@ import asyncpg  # type: ignore[import-untyped]
 from pytest_pgmig import registry
 from pytest_pgmig.dsn import redact, with_search_path
 from pytest_pgmig.settings import MigrationSet
+from pytest_pgmig.templates import quote_identifier, sql_literal
 
 TRACKING_TABLE = "schema_migrations"
 _RESET_CALL = f"SELECT {registry.REGISTRY}.reset_v1({', '.join(f'${i}' for i in range(1, 13))})"
@@ -431,7 +432,7 @@ class Workspace:
         for a session in replica role (DELETE in any order, no trigger fires).
         """
         name = slot.schema.name
-        q, lit = registry.quote_ident, registry.literal
+        q, lit = quote_identifier, sql_literal
         tables = await self.conn.fetch(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
@@ -454,8 +455,8 @@ class Workspace:
             )
             rows = tpl.seed_rows[tpl.seeded.index(table)]
             body.append(
-                f"IF (SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) "
-                f"FROM {rel} AS t) IS DISTINCT FROM {lit(rows)} THEN\n"
+                f"IF {registry.REGISTRY}.rows_v1({lit(name)}, {lit(table)}) "
+                f"IS DISTINCT FROM {lit(rows)} THEN\n"
                 f"    DELETE FROM {rel};\n"
                 f"    INSERT INTO {rel} ({cols}) OVERRIDING SYSTEM VALUE "
                 f"SELECT {cols} FROM {q(tpl.name)}.{q(table)};\nEND IF;"
@@ -545,7 +546,7 @@ class Workspace:
         )
         seeded, seed_rows = [], []
         for row in tables:
-            table = f"{registry.quote_ident(name)}.{registry.quote_ident(row['relname'])}"
+            table = f"{quote_identifier(name)}.{quote_identifier(row['relname'])}"
             if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"):
                 seeded.append(row["relname"])
                 seed_rows.append(
@@ -560,7 +561,7 @@ class Workspace:
         )
         names, values, called = [], [], []
         for row in seqs:
-            seq = f"{registry.quote_ident(name)}.{registry.quote_ident(row['relname'])}"
+            seq = f"{quote_identifier(name)}.{quote_identifier(row['relname'])}"
             state = await conn.fetchrow(f"SELECT last_value, is_called FROM {seq}")
             names.append(row["relname"])
             values.append(int(state["last_value"]))

@@ -35,6 +35,11 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def sql_literal(value: str) -> str:
+    """A string literal safe whatever ``standard_conforming_strings`` says: ``E'...'``."""
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def render(text: str, schema: str | None) -> str:
     """Render the placeholders of ``text`` for ``schema``, with identifiers quoted.
 
