@@ -23,7 +23,7 @@ from pytest_pgmig.fixtures import (
     pgmig_server,
 )
 from pytest_pgmig.server import ServerInfo
-from pytest_pgmig.state import ITEM_REPORTS, KEPT, SCHEMA, STATE, PgmigState
+from pytest_pgmig.state import KEPT, SCHEMA, STATE, PgmigState
 
 __all__ = [
     "pgmig_conn",
@@ -280,7 +280,6 @@ class LockDrift(Exception):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report: pytest.TestReport = yield
-    item.stash.setdefault(ITEM_REPORTS, {})[report.when] = report
     if call.excinfo is not None and getattr(call.excinfo.value, "pgmig_failure", False):
         # A broken migration fails the tests that need it; it is not an error in them.
         report.pgmig_failed = True  # type: ignore[attr-defined]

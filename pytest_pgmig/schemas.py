@@ -102,18 +102,6 @@ class OneConnectionPool:
     async def acquire(self, *, timeout: float | None = None) -> AsyncIterator[Any]:
         yield self._conn
 
-    async def release(self, conn: Any, *, timeout: float | None = None) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    def get_size(self) -> int:
-        return 1
-
-    def get_max_size(self) -> int:
-        return 1
-
 
 @dataclass
 class Stats:

@@ -178,7 +178,6 @@ class PgmigState:
 
 
 STATE = pytest.StashKey[PgmigState]()
-ITEM_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 # the psql hint for a failing test's kept schema, set when its call phase fails
 KEPT = pytest.StashKey[str]()
 # the schema handed to a test, for --pgmig-keep to name when the test fails
