@@ -59,7 +59,6 @@ LANGUAGE plpgsql STABLE AS $state$
 DECLARE
     ns oid;
     rel text;
-    h text;
     acc text := '';
 BEGIN
     SELECT oid INTO ns FROM pg_namespace WHERE nspname = p_schema;
@@ -68,11 +67,7 @@ BEGIN
     END IF;
     FOREACH rel IN ARRAY p_skip LOOP
         IF to_regclass(format('%I.%I', p_schema, rel)) IS NOT NULL THEN
-            EXECUTE format(
-                $q$SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), ''))
-                   FROM %I.%I AS t$q$, p_schema, rel
-            ) INTO h;
-            acc := acc || rel || '=' || h || ';';
+            acc := acc || rel || '=' || {REGISTRY}.rows_v1(p_schema, rel) || ';';
         END IF;
     END LOOP;
     IF p_log THEN
@@ -86,7 +81,7 @@ END
 $state$;
 """
 
-_RESET = f"""
+_HELPERS = f"""
 CREATE OR REPLACE FUNCTION {REGISTRY}.end_sessions_v1(
     ns oid, p_app text, p_all boolean
 ) RETURNS void LANGUAGE plpgsql AS $end$
@@ -125,98 +120,6 @@ BEGIN
     RETURN h;
 END
 $rows$;
-
-CREATE OR REPLACE FUNCTION {REGISTRY}.reset_v1(
-    p_schema text, p_state text, p_template text, p_seeded text[], p_seed_rows text[],
-    p_skip text[], p_seq_names text[], p_seq_values bigint[], p_seq_called boolean[],
-    p_app text, p_all boolean, p_log boolean
-) RETURNS text LANGUAGE plpgsql AS $reset$
--- Puts a used schema back to the state its migrations produced and returns its new state,
--- or returns NULL when its DDL or tracking rows changed (the caller then replaces it).
--- One call, one round trip, per test.
-DECLARE
-    ns oid;
-    rel text;
-    i integer;
-    has_rows boolean;
-    cols text;
-    dirty text[] := '{{}}';
-    reseed text[] := '{{}}';
-    replica boolean;
-BEGIN
-    SELECT oid INTO ns FROM pg_namespace WHERE nspname = p_schema;
-    IF p_app IS NOT NULL THEN
-        PERFORM {REGISTRY}.end_sessions_v1(ns, p_app, p_all);
-    END IF;
-    IF ns IS NULL OR {REGISTRY}.state_v1(p_schema, p_skip, p_log) IS DISTINCT FROM p_state THEN
-        RETURN NULL;
-    END IF;
-    FOR rel IN
-        SELECT c.relname FROM pg_class c
-        WHERE c.relnamespace = ns AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-          AND c.relname <> ALL(p_skip)
-    LOOP
-        i := array_position(p_seeded, rel);
-        IF i IS NOT NULL THEN
-            -- seed rows the test left as they were stay; others are replaced
-            IF {REGISTRY}.rows_v1(p_schema, rel) IS DISTINCT FROM p_seed_rows[i] THEN
-                dirty := dirty || rel;
-                reseed := reseed || rel;
-            END IF;
-        ELSE
-            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I)', p_schema, rel) INTO has_rows;
-            IF has_rows THEN
-                dirty := dirty || rel;
-            END IF;
-        END IF;
-    END LOOP;
-    IF cardinality(dirty) > 0 THEN
-        -- DELETE leaves the catalog untouched; replica role skips user and FK triggers, so
-        -- rows go in any order and none of the user's triggers runs. The caller's session
-        -- is in replica role already where it can be: setting it here would flush every
-        -- cached plan, this function's included, on each call.
-        replica := current_setting('session_replication_role') = 'replica';
-        IF NOT replica THEN
-            SELECT rolsuper INTO replica FROM pg_roles WHERE rolname = current_user;
-            IF replica THEN
-                SET LOCAL session_replication_role = replica;
-            END IF;
-        END IF;
-        IF replica THEN
-            FOREACH rel IN ARRAY dirty LOOP
-                EXECUTE format('DELETE FROM %I.%I', p_schema, rel);
-            END LOOP;
-        ELSE
-            EXECUTE 'TRUNCATE ' || (
-                SELECT string_agg(format('%I.%I', p_schema, d), ', ') FROM unnest(dirty) AS d
-            ) || ' CASCADE';
-            -- CASCADE may have emptied seeded tables that reference a truncated one
-            reseed := ARRAY(
-                SELECT s.rel FROM unnest(p_seeded, p_seed_rows) AS s(rel, rows)
-                WHERE {REGISTRY}.rows_v1(p_schema, s.rel) IS DISTINCT FROM s.rows
-            );
-        END IF;
-        FOREACH rel IN ARRAY reseed LOOP
-            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
-            FROM pg_attribute a
-            WHERE a.attrelid = format('%I.%I', p_schema, rel)::regclass
-              AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
-            EXECUTE format(
-                'INSERT INTO %I.%I (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %I.%I',
-                p_schema, rel, cols, cols, p_template, rel
-            );
-        END LOOP;
-    END IF;
-    PERFORM setval(format('%I.%I', p_schema, s.name)::regclass, s.value, s.called)
-    FROM unnest(p_seq_names, p_seq_values, p_seq_called) AS s(name, value, called)
-    WHERE pg_sequence_last_value(format('%I.%I', p_schema, s.name)::regclass)
-          IS DISTINCT FROM CASE WHEN s.called THEN s.value END;
-    IF cardinality(dirty) > 0 AND NOT replica THEN
-        RETURN {REGISTRY}.state_v1(p_schema, p_skip, p_log);  -- TRUNCATE gave new relfilenodes
-    END IF;
-    RETURN p_state;
-END
-$reset$;
 """
 
 _DDL_LOG = f"""
@@ -285,7 +188,6 @@ _SIGNATURES = (
     "state_v1(text,text[],boolean)",
     "end_sessions_v1(oid,text,boolean)",
     "rows_v1(text,text)",
-    "reset_v1(text,text,text,text[],text[],text[],text[],bigint[],boolean[],text,boolean,boolean)",
 )
 
 
@@ -305,7 +207,7 @@ async def install(conn: asyncpg.Connection, *, own_server: bool) -> None:
         return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS, _INSTALL_LOCK)
-        script = _INSTALL + _FINGERPRINT + (_DDL_LOG if own_server else "") + _STATE + _RESET
+        script = _INSTALL + _FINGERPRINT + (_DDL_LOG if own_server else "") + _STATE + _HELPERS
         await conn.execute(script)
 
 

@@ -20,7 +20,6 @@ from pytest_pgmig.settings import MigrationSet
 from pytest_pgmig.templates import quote_identifier, sql_literal
 
 TRACKING_TABLE = "schema_migrations"
-_RESET_CALL = f"SELECT {registry.REGISTRY}.reset_v1({', '.join(f'${i}' for i in range(1, 13))})"
 # a test that leaves a lock held must not stall teardown for long
 LOCK_TIMEOUT_MS = 5000
 RESET_LOCK_TIMEOUT_MS = 1000
@@ -353,9 +352,9 @@ class Workspace:
             # made at the first reset, off the first test's path: the rows and sequence
             # values a reset restores are read from it
             pool.template = await self._make_template(slot.key)
-        if slot.reset_fn is None and pool.template is not None and self._replica:
+        if slot.reset_fn is None:
             slot.reset_fn = await self._make_reset_function(slot, pool.template)
-        state = await self._reset(slot, pool.template)
+        state = await self._reset(slot)
         if state is None:
             await self.discard(slot.schema.name)
             return False
@@ -370,39 +369,15 @@ class Workspace:
         if name in self._mine:
             self._mine.remove(name)
 
-    async def _reset(self, slot: Slot, template: _Template | None) -> str | None:
-        tpl = template or _Template(
-            name=slot.schema.name,
-            seeded=[],
-            seed_rows=[],
-            seq_names=[],
-            seq_values=[],
-            seq_called=[],
-        )
+    async def _reset(self, slot: Slot) -> str | None:
+        assert slot.reset_fn is not None
         # First what the test left running or in a transaction through the schema's DSN (and
         # idle sessions past a few); if a lock still times out, every session on the schema.
         for every in (False, True):
             try:
-                if slot.reset_fn is not None:
-                    fast: str | None = await self.reset_conn.fetchval(
-                        f"SELECT {slot.reset_fn}($1, $2, $3, $4)",
-                        slot.state,
-                        registry.app_name(slot.schema.name),
-                        every,
-                        self.own_server,
-                    )
-                    return fast
                 state: str | None = await self.reset_conn.fetchval(
-                    _RESET_CALL,
-                    slot.schema.name,
+                    f"SELECT {slot.reset_fn}($1, $2, $3, $4)",
                     slot.state,
-                    tpl.name,
-                    tpl.seeded,
-                    tpl.seed_rows,
-                    [TRACKING_TABLE],
-                    tpl.seq_names,
-                    tpl.seq_values,
-                    tpl.seq_called,
                     registry.app_name(slot.schema.name),
                     every,
                     self.own_server,
@@ -412,12 +387,15 @@ class Workspace:
                 continue
         return None
 
-    async def _make_reset_function(self, slot: Slot, tpl: _Template) -> str:
-        """Write `reset_v1` out for one schema, with static SQL instead of dynamic.
+    async def _make_reset_function(self, slot: Slot, tpl: _Template | None) -> str:
+        """Write the reset of one schema as a function of static SQL, made at its first reset.
 
-        Its plans are then cached in the reset session: a reset costs a fraction of a
-        millisecond instead of planning a statement per table on every call. Only made
-        for a session in replica role (DELETE in any order, no trigger fires).
+        It ends what the test left on the schema, returns NULL if its DDL or tracking rows
+        changed, removes the test's rows, restores the seed rows it changed from the template
+        and the sequences, and returns the schema's state. Static SQL has its plans cached in
+        the reset session, so a reset costs a fraction of a millisecond. In replica role
+        (a superuser's session) rows go by DELETE in any order with no trigger firing;
+        otherwise the tables holding rows are truncated together.
         """
         name = slot.schema.name
         q, lit = quote_identifier, sql_literal
@@ -428,43 +406,71 @@ class Workspace:
             name,
             TRACKING_TABLE,
         )
-        body = []
+        seeded = tpl.seeded if tpl is not None else []
+        clear, reseed = [], []
         for row in tables:
             table = row["relname"]
             rel = f"{q(name)}.{q(table)}"
-            if table not in tpl.seeded:
-                body.append(f"DELETE FROM {rel};")
+            if table not in seeded:
+                clear.append(
+                    f"DELETE FROM {rel};"
+                    if self._replica
+                    else f"IF EXISTS (SELECT 1 FROM {rel}) THEN "
+                    f"dirty := dirty || {lit(rel)}::text; END IF;"
+                )
                 continue
+            assert tpl is not None
             cols = await self.conn.fetchval(
                 "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "
                 "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped "
                 "AND attgenerated = ''",
                 rel,
             )
-            rows = tpl.seed_rows[tpl.seeded.index(table)]
-            body.append(
-                f"IF {registry.REGISTRY}.rows_v1({lit(name)}, {lit(table)}) "
-                f"IS DISTINCT FROM {lit(rows)} THEN\n"
-                f"    DELETE FROM {rel};\n"
-                f"    INSERT INTO {rel} ({cols}) OVERRIDING SYSTEM VALUE "
-                f"SELECT {cols} FROM {q(tpl.name)}.{q(table)};\nEND IF;"
+            changed = (
+                f"{registry.REGISTRY}.rows_v1({lit(name)}, {lit(table)}) "
+                f"IS DISTINCT FROM {lit(tpl.seed_rows[seeded.index(table)])}"
             )
-        for seq, value, called in zip(tpl.seq_names, tpl.seq_values, tpl.seq_called, strict=True):
-            ref = f"{lit(q(name) + '.' + q(seq))}::regclass"
-            expected = str(value) if called else "NULL"
-            body.append(
-                f"PERFORM setval({ref}, {value}, {str(called).lower()}) "
-                f"WHERE pg_sequence_last_value({ref}) IS DISTINCT FROM {expected};"
+            insert = (
+                f"INSERT INTO {rel} ({cols}) OVERRIDING SYSTEM VALUE "
+                f"SELECT {cols} FROM {q(tpl.name)}.{q(table)};"
             )
+            if self._replica:
+                clear.append(f"IF {changed} THEN\n    DELETE FROM {rel};\n    {insert}\nEND IF;")
+            else:
+                clear.append(f"IF {changed} THEN dirty := dirty || {lit(rel)}::text; END IF;")
+                # after a TRUNCATE ... CASCADE, which may empty a seeded table it references
+                reseed.append(f"IF {changed} THEN\n    {insert}\nEND IF;")
+        state = f"{registry.REGISTRY}.state_v1({lit(name)}, ARRAY[{lit(TRACKING_TABLE)}], p_log)"
+        body = clear
+        if not self._replica:
+            body += [
+                "IF cardinality(dirty) > 0 THEN",
+                "    EXECUTE 'TRUNCATE ' || array_to_string(dirty, ', ') || ' CASCADE';",
+                *reseed,
+                "END IF;",
+            ]
+        if tpl is not None:
+            for seq, value, called in zip(
+                tpl.seq_names, tpl.seq_values, tpl.seq_called, strict=True
+            ):
+                ref = f"{lit(q(name) + '.' + q(seq))}::regclass"
+                expected = str(value) if called else "NULL"
+                body.append(
+                    f"PERFORM setval({ref}, {value}, {str(called).lower()}) "
+                    f"WHERE pg_sequence_last_value({ref}) IS DISTINCT FROM {expected};"
+                )
+        if not self._replica:
+            # TRUNCATE gave the tables new files: a catalog fingerprint sees a new state
+            body.append(f"IF cardinality(dirty) > 0 THEN\n    RETURN {state};\nEND IF;")
         function = registry.reset_function(name)
         await self.conn.execute(
             f"CREATE OR REPLACE FUNCTION {function}(p_state text, p_app text, p_all boolean, "
-            "p_log boolean) RETURNS text LANGUAGE plpgsql AS $pgmig_reset$\nBEGIN\n"
+            "p_log boolean) RETURNS text LANGUAGE plpgsql AS $pgmig_reset$\n"
+            "DECLARE\n    dirty text[] := '{}';\nBEGIN\n"
             "IF p_app IS NOT NULL THEN\n"
             f"    PERFORM {registry.REGISTRY}.end_sessions_v1({lit(q(name))}::regnamespace, "
             "p_app, p_all);\nEND IF;\n"
-            f"IF {registry.REGISTRY}.state_v1({lit(name)}, ARRAY[{lit(TRACKING_TABLE)}], p_log) "
-            "IS DISTINCT FROM p_state THEN\n    RETURN NULL;\nEND IF;\n"
+            f"IF {state} IS DISTINCT FROM p_state THEN\n    RETURN NULL;\nEND IF;\n"
             + "\n".join(body)
             + "\nRETURN p_state;\nEND\n$pgmig_reset$"
         )
