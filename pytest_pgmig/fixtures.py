@@ -18,7 +18,6 @@ from pytest_pgmig.server import ServerInfo
 from pytest_pgmig.state import KEPT, SCHEMA, PgmigState, fail_test, state_of
 
 Sets = tuple[settings.MigrationSet, ...]
-_checked_folders: set[Path] = set()
 # a test's connection to a dead or unreachable server fails in seconds, not asyncpg's 60
 CONNECT_TIMEOUT = 10
 _PLAN = pytest.StashKey[tuple[Sets, str]]()
@@ -73,7 +72,11 @@ def _marker_sets(request: pytest.FixtureRequest, opts: settings.Settings) -> tup
         )
     try:
         if "migrations" in kwargs:
-            sets = _parse_marker_migrations(kwargs["migrations"], Path(request.node.path).parent)
+            sets = _parse_marker_migrations(
+                kwargs["migrations"],
+                Path(request.node.path).parent,
+                state_of(request.config).checked_folders,
+            )
         if kwargs.get("module") is not None:
             module = settings.module_type(str(kwargs["module"]))
             if len(sets) != 1:
@@ -90,16 +93,16 @@ def _marker_sets(request: pytest.FixtureRequest, opts: settings.Settings) -> tup
     return sets, scope
 
 
-def _parse_marker_migrations(value: Any, base: Path) -> Sets:
+def _parse_marker_migrations(value: Any, base: Path, checked: set[Path]) -> Sets:
     specs = [value] if isinstance(value, (str, Path)) else list(value)
     sets = tuple(settings.parse_migration_spec(str(spec), base) for spec in specs)
     for mset in sets:
-        if mset.path not in _checked_folders:
+        if mset.path not in checked:
             try:
                 settings.check_migrations_folder(mset.path, source="pgmig marker")
             except pytest.UsageError as exc:
                 raise pytest.fail.Exception(str(exc), pytrace=False) from None
-            _checked_folders.add(mset.path)
+            checked.add(mset.path)
     return sets
 
 
@@ -275,7 +278,7 @@ def pgmig_factory(
         if migrations is None:
             sets: Sets = state.settings.migrations.value
         else:
-            sets = _parse_marker_migrations(migrations, base)
+            sets = _parse_marker_migrations(migrations, base, state.checked_folders)
         if module is not None:
             try:
                 lib = settings.module_type(module)

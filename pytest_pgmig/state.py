@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn
 
 import asyncpg  # type: ignore[import-untyped]
@@ -47,6 +48,7 @@ class PgmigState:
     remote_info: dict[str, Any] | None = None
     kept: list[str] = field(default_factory=list)
     worker_slots: dict[Any, Any] = field(default_factory=dict)
+    checked_folders: set[Path] = field(default_factory=set)  # marker and factory folders
     closed: bool = False
 
     def call(self, coro: Any, timeout: float | None = None) -> Any:
