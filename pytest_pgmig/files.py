@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -14,14 +15,18 @@ from pytest_pgmig.errors import MigrationError
 from pytest_pgmig.sqltext import ScanError, ScriptPlan, analyze, excerpt, line_of
 
 ACCEPTED_PATTERNS = (
-    "001_name.sql, V1__name.sql, 20251025120000_name.sql (or 20251025_120000_name.sql, "
-    "as create_migration() writes it)"
+    "001_name.sql, V1__name.sql (Flyway, dotted versions such as V1.2__name.sql too), "
+    "20251025120000_name.sql (or 20251025_120000_name.sql, as create_migration() writes it), "
+    "each optionally as a NAME.up.sql / NAME.down.sql pair"
 )
 _PATTERNS = (
     re.compile(r"(\d{8})_(\d{6})_.+\.sql"),  # create_migration(): date_time_name
     re.compile(r"(\d+)_.+\.sql"),  # 001_name, 20251025120000_name
-    re.compile(r"V(\d+)__.+\.sql"),  # Flyway
+    re.compile(r"V(\d+(?:[._]\d+)*)__.+\.sql"),  # Flyway: V1__, V1.1__, V1_1__
 )
+# sqlx, golang-migrate, Atlas and pop keep a reversible migration as two files
+UP_SUFFIX = ".up.sql"
+DOWN_SUFFIX = ".down.sql"
 _BOM = b"\xef\xbb\xbf"
 # A file modified this recently may change again within the filesystem's timestamp
 # granularity without its size changing, so it is re-read instead of trusted from cache.
@@ -42,6 +47,13 @@ class MigrationFile:
     content: str
     checksum: str
     plan: ScriptPlan = field(repr=False)
+    down: Path | None = None
+    """The ``NAME.down.sql`` beside a ``NAME.up.sql``: its reverse, never run as a migration."""
+
+    @property
+    def key(self) -> tuple[int, ...]:
+        """The version as numbers, the order migrations are applied in (see `version_key`)."""
+        return version_key(self.version)
 
 
 def checksum(text: str) -> str:
@@ -58,12 +70,30 @@ def parse_version(filename: str) -> str | None:
 
     >>> [parse_version(n) for n in ("001_a.sql", "V2__b.sql", "20251025_120000_c.sql", "x.sql")]
     ['001', '2', '20251025120000', None]
+    >>> parse_version("V1_2__b.sql"), parse_version("0003_c.up.sql")
+    ('1.2', '0003')
     """
+    if filename.endswith(DOWN_SUFFIX):
+        return None
+    if filename.endswith(UP_SUFFIX):
+        filename = filename[: -len(UP_SUFFIX)] + ".sql"
     for pattern in _PATTERNS:
         match = pattern.fullmatch(filename)
         if match:
-            return "".join(match.groups())
+            return "".join(match.groups()).replace("_", ".")
     return None
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """A version's numbers, compared as numbers; trailing zeros do not count (as in Flyway).
+
+    >>> sorted(["10", "2", "1.10", "1.2", "1.2.0"], key=version_key)
+    ['1.2', '1.2.0', '1.10', '2', '10']
+    """
+    parts = [int(part) for part in version.split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
 
 
 def decode(data: bytes, filename: str) -> str:
@@ -131,10 +161,11 @@ _folder_cache: dict[Path, tuple[_Signature, tuple[MigrationFile, ...]]] = {}
 def load_migrations(path: str | os.PathLike[str]) -> tuple[MigrationFile, ...]:
     """All migrations of a folder, in order, read once and cached on names, sizes and mtimes.
 
-    Only ``*.sql`` files count; dotfiles, other files and folders are ignored. Raises
+    Only ``*.sql`` files count; dotfiles, other files and folders are ignored; a
+    ``NAME.down.sql`` is attached to its ``NAME.up.sql`` (`MigrationFile.down`). Raises
     `MigrationError`, before anything runs, for a missing folder, a ``.sql`` file whose name
-    matches no accepted pattern, two files sharing a version, version order disagreeing
-    with name order (pgdbm applies files in name order), invalid UTF-8 or unterminated SQL.
+    matches no accepted pattern, a down file without its up, two files sharing a version,
+    invalid UTF-8 or unterminated SQL.
 
     Example::
 
@@ -166,19 +197,34 @@ def load_migrations(path: str | os.PathLike[str]) -> tuple[MigrationFile, ...]:
     if cached is not None and cached[0] == key and not racy:
         return cached[1]
 
-    bad = [name for name, *_ in signature if parse_version(name) is None]
+    downs = {name for name, *_ in signature if name.endswith(DOWN_SUFFIX)}
+    bad = [name for name, *_ in signature if name not in downs and parse_version(name) is None]
     if bad:
         raise _bad_names(folder, bad)
+    ups = {name for name, *_ in signature if name.endswith(UP_SUFFIX)}
+    orphans = sorted(d for d in downs if d[: -len(DOWN_SUFFIX)] + UP_SUFFIX not in ups)
+    if orphans:
+        raise MigrationError(
+            f"Down migration '{orphans[0]}' in {str(folder)!r} has no up migration beside it "
+            f"(expected '{orphans[0][: -len(DOWN_SUFFIX)]}{UP_SUFFIX}').",
+            migration_file=orphans[0],
+            hint="Restore or rename its .up.sql file, or delete the .down.sql file.",
+        )
     migrations = []
     for name, mtime, size, inode in signature:
+        if name in downs:
+            continue
         file_path = folder / name
         stamp = (mtime, size, inode)
         hit = _file_cache.get(file_path)
         if hit is not None and hit[0] == stamp and now - mtime >= _RACY_NS:
-            migrations.append(hit[1])
-            continue
-        migration = read_migration(file_path)
-        _file_cache[file_path] = (stamp, migration)
+            migration = hit[1]
+        else:
+            migration = read_migration(file_path)
+            _file_cache[file_path] = (stamp, migration)
+        down = name[: -len(UP_SUFFIX)] + DOWN_SUFFIX if name in ups else None
+        if down in downs:
+            migration = dataclasses.replace(migration, down=folder / down)
         migrations.append(migration)
     result = check_order(migrations)
     _folder_cache[folder] = (key, result)
@@ -206,27 +252,19 @@ def fingerprint(migrations: tuple[MigrationFile, ...]) -> str:
 
 
 def check_order(migrations: list[MigrationFile]) -> tuple[MigrationFile, ...]:
-    """Sort by version; raise `MigrationError` if versions repeat or name order disagrees."""
-    by_version = sorted(migrations, key=lambda m: (int(m.version), m.filename))
+    """Sort by version, numbers compared as numbers; raise `MigrationError` if one repeats.
+
+    Name order may differ (``V2__`` sorts after ``V10__`` as text): files are applied by
+    version, as Flyway, sqlx and golang-migrate do, and tracked by file name, as pgdbm does.
+    """
+    by_version = sorted(migrations, key=lambda m: (m.key, m.filename))
     for before, after in itertools.pairwise(by_version):
-        if int(before.version) == int(after.version):
+        if before.key == after.key:
             raise MigrationError(
                 f"Migration files '{before.filename}' and '{after.filename}' share version "
-                f"{int(before.version)}.",
+                f"{'.'.join(map(str, before.key))}.",
                 migration_file=after.filename,
                 hint="Give each file its own version number, then run the migrations again.",
-            )
-    by_name = sorted(migrations, key=lambda m: m.filename)
-    for ours, theirs in zip(by_version, by_name, strict=True):
-        if ours is not theirs:
-            width = max(len(m.version) for m in migrations)
-            raise MigrationError(
-                f"Migration files '{ours.filename}' and '{theirs.filename}' are in a different "
-                "order by version number than by name (pgdbm applies them by name).",
-                migration_file=ours.filename,
-                hint=f"Zero-pad the version numbers to the same width (e.g. "
-                f"{'0' * (width - 1)}2_name.sql, then {'0' * (width - 2)}10_name.sql) "
-                "so both orders agree.",
             )
     return tuple(by_version)
 

@@ -26,6 +26,7 @@ from pytest_pgmig.files import (
     load_migrations,
     parse_version,
     plan_for,
+    version_key,
 )
 from pytest_pgmig.sqltext import ScanError, ScriptPlan, analyze, excerpt, line_of
 from pytest_pgmig.templates import (
@@ -477,14 +478,14 @@ class AsyncMigrationManager:
         self.migrations_path.mkdir(parents=True, exist_ok=True)
         latest = max(
             (
-                int(version)
+                version_key(version)
                 for path in self.migrations_path.glob("*.sql")
                 if (version := parse_version(path.name)) is not None
             ),
-            default=-1,
+            default=(-1,),
         )
         stamp = datetime.now().replace(microsecond=0)
-        while latest < 10**14 and int(stamp.strftime("%Y%m%d%H%M%S")) <= latest:
+        while latest < (10**14,) and (int(stamp.strftime("%Y%m%d%H%M%S")),) <= latest:
             stamp += timedelta(seconds=1)
         path = self.migrations_path / f"{stamp:%Y%m%d_%H%M%S}_{name}.sql"
         if auto_transaction:

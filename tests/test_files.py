@@ -37,6 +37,12 @@ def pgdbm_checksum(content: str) -> str:
         ("V1_users.sql", None),
         ("001-users.sql", None),
         ("001_.sql", None),
+        ("V1.2__users.sql", "1.2"),
+        ("V1_2__users.sql", "1.2"),
+        ("V2.10.3__users.sql", "2.10.3"),
+        ("000001_init.up.sql", "000001"),
+        ("000001_init.down.sql", None),
+        ("V1.__users.sql", None),
     ],
 )
 def test_accepted_patterns(name: str, version: str | None) -> None:
@@ -72,17 +78,76 @@ def test_unknown_sql_name_is_an_error_naming_it_and_the_patterns(tmp_path: Path)
         load_migrations(folder)
     message = str(info.value)
     assert "'seed.sql'" in message
-    assert "001_name.sql, V1__name.sql, 20251025120000_name.sql" in message
+    assert "001_name.sql, V1__name.sql" in message
+    assert "20251025120000_name.sql" in message and "NAME.up.sql / NAME.down.sql" in message
     assert "Rename" in message
 
 
-def test_version_and_name_order_disagreeing_is_an_error(tmp_path: Path) -> None:
+def test_versions_are_applied_in_numeric_order_not_name_order(tmp_path: Path) -> None:
     folder = write(tmp_path / "m", {"2_a.sql": "SELECT 1;", "10_b.sql": "SELECT 2;"})
+    assert [m.filename for m in load_migrations(folder)] == ["2_a.sql", "10_b.sql"]
+
+
+def test_flyway_dotted_versions_compare_as_numbers(tmp_path: Path) -> None:
+    names = [
+        "V1__init.sql",
+        "V1.1__a.sql",
+        "V1_2__b.sql",
+        "V1.10__c.sql",
+        "V2__d.sql",
+        "V2.9.1__e.sql",
+        "V2.10__f.sql",
+        "V10__g.sql",
+        "V12__h.sql",
+    ]
+    folder = write(tmp_path / "m", {name: "SELECT 1;" for name in reversed(names)})
+    loaded = load_migrations(folder)
+    assert [m.filename for m in loaded] == names
+    assert [m.version for m in loaded][:4] == ["1", "1.1", "1.2", "1.10"]
+
+
+def test_flyway_trailing_zero_is_the_same_version(tmp_path: Path) -> None:
+    folder = write(tmp_path / "m", {"V1__a.sql": "SELECT 1;", "V1.0__b.sql": "SELECT 2;"})
+    with pytest.raises(MigrationError, match=r"'V1.0__b.sql' and 'V1__a.sql' share version 1"):
+        load_migrations(folder)
+
+
+def test_up_files_are_migrations_and_down_files_their_reverse(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path / "m",
+        {
+            "20220123205937_initial.up.sql": "CREATE TABLE t (id int);",
+            "20220123205937_initial.down.sql": "DROP TABLE t;",
+            "20220125145204_keys.up.sql": "ALTER TABLE t ADD PRIMARY KEY (id);",
+            "20220125145204_keys.down.sql": "ALTER TABLE t DROP CONSTRAINT t_pkey;",
+            "20220301000000_no_down.up.sql": "SELECT 1;",
+            "20220302000000_plain.sql": "SELECT 2;",
+        },
+    )
+    loaded = load_migrations(folder)
+    assert [m.filename for m in loaded] == [
+        "20220123205937_initial.up.sql",
+        "20220125145204_keys.up.sql",
+        "20220301000000_no_down.up.sql",
+        "20220302000000_plain.sql",
+    ]
+    assert [m.down.name if m.down else None for m in loaded] == [
+        "20220123205937_initial.down.sql",
+        "20220125145204_keys.down.sql",
+        None,
+        None,
+    ]
+
+
+def test_down_file_without_its_up_is_an_error_naming_it(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path / "m",
+        {"001_a.up.sql": "SELECT 1;", "001_a.down.sql": "SELECT 2;", "002_b.down.sql": "x"},
+    )
     with pytest.raises(MigrationError) as info:
         load_migrations(folder)
-    message = str(info.value)
-    assert "'2_a.sql'" in message and "'10_b.sql'" in message
-    assert "Zero-pad" in message and "02_name.sql" in message
+    assert "'002_b.down.sql'" in str(info.value) and "'002_b.up.sql'" in str(info.value)
+    assert info.value.migration_file == "002_b.down.sql"
 
 
 def test_shared_version_is_an_error(tmp_path: Path) -> None:

@@ -221,12 +221,6 @@ def test_file_that_is_not_utf8(pytester: pytest.Pytester, server_dsn: str) -> No
     assert "byte offset 51" in text and "line 2" in text and "UTF-8" in text
 
 
-def test_order_ambiguity(pytester: pytest.Pytester, server_dsn: str) -> None:
-    text = run_failing(pytester, server_dsn, {"2_a.sql": "SELECT 1;", "10_b.sql": "SELECT 2;"})
-    assert "'2_a.sql'" in text and "'10_b.sql'" in text
-    assert "Zero-pad" in text
-
-
 SIXTY_LINES = "\n".join(
     [f"-- line {n}: a comment, as migrations often carry" for n in range(1, 11)]
     + [f"CREATE TABLE t{n} (id int PRIMARY KEY, note text);" for n in range(11, 40)]
