@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest_asyncio
 from pytest_pgmig import settings
 from pytest_pgmig.schemas import MigrationFailed, OneConnectionPool, PgmigSchema, Slot
 from pytest_pgmig.server import ServerInfo
-from pytest_pgmig.state import KEPT, SCHEMA, PgmigState, fail_test, state_of
+from pytest_pgmig.state import KEPT, SCHEMA, PgmigState, PgmigWarning, fail_test, state_of
 
 Sets = tuple[settings.MigrationSet, ...]
 # a test's connection to a dead or unreachable server fails in seconds, not asyncpg's 60
@@ -134,6 +135,8 @@ def pgmig_schema(request: pytest.FixtureRequest) -> Iterator[PgmigSchema]:
         except MigrationFailed as exc:
             fail_test(str(exc))
     space.stats.setup_s.append(time.perf_counter() - started)
+    while space.warnings:
+        warnings.warn(PgmigWarning(space.warnings.pop(0)), stacklevel=1)
     request.node.stash[SCHEMA] = slot.schema
     yield slot.schema
     if state.server_error is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import statistics
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -20,6 +21,8 @@ from pytest_pgmig.settings import MigrationSet
 from pytest_pgmig.templates import quote_identifier, sql_literal
 
 TRACKING_TABLE = "schema_migrations"
+# what `_reset` answers when locks held it up twice: the schema must be replaced
+_LOCKED = "locked"
 # a test that leaves a lock held must not stall teardown for long
 LOCK_TIMEOUT_MS = 5000
 RESET_LOCK_TIMEOUT_MS = 1000
@@ -111,23 +114,22 @@ class Stats:
     kept: int = 0
     reused: int = 0
     migrations: int = 0
+    reset_failed: int = 0
+    reset_cause: str = ""  # the first failed reset's set and error
     setup_s: list[float] = field(default_factory=list)
     teardown_s: list[float] = field(default_factory=list)
 
+    _COUNTS = ("created", "dropped", "kept", "reused", "migrations", "reset_failed")
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "created": self.created,
-            "dropped": self.dropped,
-            "kept": self.kept,
-            "reused": self.reused,
-            "migrations": self.migrations,
-            "setup_s": self.setup_s,
-            "teardown_s": self.teardown_s,
-        }
+        data: dict[str, Any] = {name: getattr(self, name) for name in self._COUNTS}
+        data.update(reset_cause=self.reset_cause, setup_s=self.setup_s, teardown_s=self.teardown_s)
+        return data
 
     def merge(self, data: Mapping[str, Any]) -> None:
-        for name in ("created", "dropped", "kept", "reused", "migrations"):
+        for name in self._COUNTS:
             setattr(self, name, getattr(self, name) + int(data.get(name, 0)))
+        self.reset_cause = self.reset_cause or str(data.get("reset_cause", ""))
         self.setup_s += list(data.get("setup_s", ()))
         self.teardown_s += list(data.get("teardown_s", ()))
 
@@ -135,13 +137,19 @@ class Stats:
         per_test = [a + b for a, b in zip(self.setup_s, self.teardown_s, strict=False)]
         total = sum(self.setup_s) + sum(self.teardown_s)
         median = statistics.median(per_test) * 1000 if per_test else 0.0
-        return [
+        lines = [
             f"schemas: {self.created} created, {self.dropped} dropped, {self.kept} kept, "
             f"{self.reused} resets for reuse",
             f"migrations applied: {self.migrations}",
             f"isolation cost: {total:.2f} s in set-up and teardown over {len(per_test)} "
             f"tests, median {median:.1f} ms per test",
         ]
+        if self.reset_failed:
+            lines.append(
+                f"resets failed: {self.reset_failed}, each schema replaced by a freshly "
+                f"migrated one; first: {self.reset_cause}"
+            )
+        return lines
 
 
 class Workspace:
@@ -174,6 +182,9 @@ class Workspace:
         self._counter = 0
         self._op: asyncio.Lock | None = None
         self._background: set[asyncio.Task[Slot | None]] = set()
+        self._warned: set[tuple[MigrationSet, ...]] = set()
+        # messages for the test run's warnings summary, taken by the fixtures
+        self.warnings: list[str] = []
 
     @property
     def op(self) -> asyncio.Lock:
@@ -326,9 +337,23 @@ class Workspace:
         async with self.op:
             try:
                 return slot if await self.reset(slot) else None
-            except asyncpg.PostgresError:
+            except asyncpg.PostgresError as exc:
+                self._reset_failed(slot, _describe_reset_error(exc))
                 await self.discard(slot.schema.name)
                 return None
+
+    def _reset_failed(self, slot: Slot, cause: str) -> None:
+        """Count a reset that could not run, and warn once per migration set."""
+        label = ", ".join(f"{m.module}={m.path}" for m in slot.key) or "(no migrations)"
+        self.stats.reset_failed += 1
+        self.stats.reset_cause = self.stats.reset_cause or f"{label}: {cause}"
+        if slot.key not in self._warned:
+            self._warned.add(slot.key)
+            self.warnings.append(
+                f"pgmig: resetting a schema of migration set {label} failed ({cause}); "
+                "its tests get freshly migrated schemas instead, which is slower. Please "
+                "report this with the migration that creates the table named."
+            )
 
     async def keep(self, slot: Slot) -> None:
         """Keep a failed test's schema for inspection: never reset, reused or dropped."""
@@ -358,6 +383,10 @@ class Workspace:
         if state is None:
             await self.discard(slot.schema.name)
             return False
+        if state == _LOCKED:
+            self._reset_failed(slot, "a lock in the schema or its template was still held")
+            await self.discard(slot.schema.name)
+            return False
         slot.state = state
         self.stats.reused += 1
         return True
@@ -370,6 +399,7 @@ class Workspace:
             self._mine.remove(name)
 
     async def _reset(self, slot: Slot) -> str | None:
+        """The schema's new state; None when a test changed its DDL, `_LOCKED` if locks held."""
         assert slot.reset_fn is not None
         # First what the test left running or in a transaction through the schema's DSN (and
         # idle sessions past a few); if a lock still times out, every session on the schema.
@@ -385,7 +415,7 @@ class Workspace:
                 return state
             except asyncpg.LockNotAvailableError:
                 continue
-        return None
+        return _LOCKED
 
     async def _make_reset_function(self, slot: Slot, tpl: _Template | None) -> str:
         """Write the reset of one schema as a function of static SQL, made at its first reset.
@@ -420,19 +450,23 @@ class Workspace:
                 )
                 continue
             assert tpl is not None
-            cols = await self.conn.fetchval(
-                "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "
-                "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped "
-                "AND attgenerated = ''",
+            cols, fields = await self.conn.fetchrow(
+                "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum), "
+                "string_agg('(r).' || quote_ident(attname), ', ' ORDER BY attnum) "
+                "FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 "
+                "AND NOT attisdropped AND attgenerated = ''",
                 rel,
             )
             changed = (
                 f"{registry.REGISTRY}.rows_v1({lit(name)}, {lit(table)}) "
                 f"IS DISTINCT FROM {lit(tpl.seed_rows[seeded.index(table)])}"
             )
+            # Through each row's text: the template's enums, domains and composite types are
+            # its own, so its values must be read back as this schema's types.
             insert = (
                 f"INSERT INTO {rel} ({cols}) OVERRIDING SYSTEM VALUE "
-                f"SELECT {cols} FROM {q(tpl.name)}.{q(table)};"
+                f"SELECT {fields} FROM (SELECT t::text::{rel} AS r "
+                f"FROM {q(tpl.name)}.{q(table)} AS t) AS seed;"
             )
             if self._replica:
                 clear.append(f"IF {changed} THEN\n    DELETE FROM {rel};\n    {insert}\nEND IF;")
@@ -561,6 +595,17 @@ class Workspace:
             values.append(int(state["last_value"]))
             called.append(bool(state["is_called"]))
         return _Template(name, seeded, seed_rows, names, values, called)
+
+
+def _describe_reset_error(exc: asyncpg.PostgresError) -> str:
+    """The error of a reset function, naming the table its failing statement was about."""
+    table = getattr(exc, "table_name", None)
+    query = getattr(exc, "internal_query", None) or ""
+    if not table:
+        match = re.search(r'(?:INSERT INTO|DELETE FROM)\s+"?[^".\s]+"?\."?([^".\s]+)"?', query)
+        table = match.group(1) if match else None
+    where = f"table {table}: " if table else ""
+    return f"{where}{type(exc).__name__}: {exc}"
 
 
 def schema_dsn(admin_dsn: str, schema: str) -> str:

@@ -21,6 +21,7 @@ from pytest_pgmig.settings import MigrationSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from migration_sets import migration_files
+from typed_set import DIRTY_SQL, write_typed_set
 
 SETS = {"default": (10, 11), "large": (50, 51)}
 
@@ -202,3 +203,57 @@ async def test_ddl_change_replaces_the_schema(workspace: Workspace, tmp_path: Pa
         assert gone is None, "the changed schema was dropped"
     finally:
         await conn.close()
+
+
+async def rows_as_text(conn: asyncpg.Connection, schema: str) -> dict[str, list[str]]:
+    """Every table's and materialized view's rows as text, and every sequence's state."""
+    rels = await conn.fetch(
+        "SELECT c.relname, c.relkind::text AS relkind FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relkind IN ('r', 'm', 'S') "
+        "AND c.relname <> 'schema_migrations' ORDER BY 1",
+        schema,
+    )
+    state = {}
+    for row in rels:
+        query = (
+            f'SELECT last_value::text || is_called::text FROM "{schema}"."{row["relname"]}"'
+            if row["relkind"] == "S"
+            else f'SELECT t::text FROM "{schema}"."{row["relname"]}" AS t ORDER BY 1'
+        )
+        state[row["relname"]] = [r[0] for r in await conn.fetch(query)]
+    return state
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("workspace", MODES, indirect=True)
+async def test_reset_restores_seed_rows_of_types_of_its_own(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """Enums, domains, composite and range types, arrays of them, identity and generated
+    columns, a partitioned table and a materialized view: a reset schema equals a fresh one."""
+    folder = write_typed_set(tmp_path / "migrations")
+    sets = (MigrationSet("bench", folder),)
+    slot = await workspace.acquire(sets)
+    name = slot.schema.name
+    conn = await asyncpg.connect(slot.schema.dsn)
+    try:
+        for statement in DIRTY_SQL:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+    await workspace.release(slot)
+    assert workspace.stats.reset_failed == 0, workspace.stats.reset_cause
+    again = await workspace.acquire(sets)
+    assert again.schema.name == name, "a schema without DDL changes is reset, not replaced"
+
+    dsn = workspace.admin_dsn
+    ref = await reference(dsn, folder)
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await rows_as_text(conn, name) == await rows_as_text(conn, ref)
+        assert dump_schema(dsn, name) == dump_schema(dsn, ref)
+    finally:
+        await conn.execute(f'DROP SCHEMA "{ref}" CASCADE')
+        await conn.close()
+    await workspace.release(again)
