@@ -269,27 +269,27 @@ def socket_dsn(socket_dir: str, *, port: int, user: str, database: str) -> str:
     return f"postgresql://{quote(user, safe='')}@/{quote(database, safe='')}?{query}"
 
 
-def _search_path_option(schema: str) -> str:
+def _search_path_option(schemas: tuple[str, ...]) -> str:
     # The server splits "options" on whitespace and honours backslash escapes; the quotes
-    # make the schema name an exact identifier inside search_path.
-    ident = '"' + schema.replace('"', '""') + '"'
-    escaped = re.sub(r"([\\\s])", r"\\\1", ident)
+    # make each schema name an exact identifier inside search_path.
+    idents = ",".join('"' + schema.replace('"', '""') + '"' for schema in schemas)
+    escaped = re.sub(r"([\\\s])", r"\\\1", idents)
     return f"-c search_path={escaped}"
 
 
-def with_search_path(dsn: str, schema: str) -> str:
-    """Return ``dsn`` with ``options=-c search_path="<schema>"`` added.
+def with_search_path(dsn: str, schema: str, *more: str) -> str:
+    """Return ``dsn`` with ``options=-c search_path="<schema>"[,"<more>"...]`` added.
 
     Every libpq-style driver (psycopg, asyncpg, SQLAlchemy on either) then opens connections
-    with ``schema`` first on the search path. Other parameters and an existing ``options``
-    value are kept.
+    with ``schema`` first on the search path (then ``more``, e.g. where extensions live).
+    Other parameters and an existing ``options`` value are kept.
 
     Example::
 
         >>> with_search_path("postgresql://u@/db?host=%2Ftmp", "t_1")
         'postgresql://u@/db?host=%2Ftmp&options=-c%20search_path%3D%22t_1%22'
     """
-    option = _search_path_option(schema)
+    option = _search_path_option(tuple(dict.fromkeys((schema, *more))))
     if _is_url(dsn):
         base, _, fragment = dsn.strip().partition("#")
         head, _, query = base.partition("?")

@@ -190,7 +190,14 @@ def run_base() -> Path:
     return Path("/tmp") / name
 
 
+def _users_base(base: Path) -> bool:
+    """Whether `base` is the user's PGMIG_RUN_BASE: a folder the plugin must leave as it is."""
+    override = os.environ.get("PGMIG_RUN_BASE")
+    return bool(override) and Path(override or ".") == base
+
+
 def _prepare_base(base: Path, account: Account | None) -> None:
+    existed = base.is_dir()
     base.mkdir(mode=0o711, parents=True, exist_ok=True)
     info = base.lstat()
     if base.is_symlink() or info.st_uid != os.geteuid():
@@ -201,7 +208,15 @@ def _prepare_base(base: Path, account: Account | None) -> None:
     if account is None:
         return
     # The cluster's account must be able to pass through to its own run folder.
-    os.chmod(base, (info.st_mode & 0o777) | 0o011)
+    if info.st_mode & 0o011 != 0o011:
+        if existed and _users_base(base):
+            raise EmbeddedError(
+                f"PGMIG_RUN_BASE {base} has mode {info.st_mode & 0o777:o}: the "
+                f"{account.name!r} account the server runs as cannot enter it, and the plugin "
+                f"does not change folders it did not create. Run `chmod go+x {base}`, or "
+                "point PGMIG_RUN_BASE at another folder."
+            )
+        os.chmod(base, (info.st_mode & 0o777) | 0o011)
     for folder in base.resolve().parents:
         mode = folder.stat()
         if not (mode.st_mode & 0o001 or mode.st_uid == account.uid):
@@ -349,9 +364,11 @@ def remove_tree(path: Path) -> None:
 
 def _remove_run_dir(run_dir: Path) -> None:
     remove_tree(run_dir)
-    # Leave no empty base behind either; a run creating its folder right now recreates it.
-    with contextlib.suppress(OSError):
-        run_dir.parent.rmdir()
+    # Leave no empty base of ours behind either (a run creating its folder right now
+    # recreates it); the user's PGMIG_RUN_BASE stays.
+    if not _users_base(run_dir.parent):
+        with contextlib.suppress(OSError):
+            run_dir.parent.rmdir()
 
 
 def stop_run_dir(run_dir: Path) -> None:

@@ -14,6 +14,8 @@ class MigrationError(Exception):
     - ``line``: 1-based line within the *file* where PostgreSQL located the error
     - ``excerpt``: that line (and the one before it) with a caret under the column
     - ``hint``: what to do next
+    - ``transient``: a concurrent session got in the way (deadlock, lock timeout, ...):
+      running the migrations again may succeed
 
     Example::
 
@@ -34,6 +36,7 @@ class MigrationError(Exception):
         line: int | None = None,
         excerpt: str | None = None,
         hint: str | None = None,
+        transient: bool = False,
     ) -> None:
         self.message = message
         self.migration_file = migration_file
@@ -42,6 +45,7 @@ class MigrationError(Exception):
         self.line = line
         self.excerpt = excerpt
         self.hint = hint
+        self.transient = transient
         parts = [message]
         if excerpt:
             parts.append(excerpt)

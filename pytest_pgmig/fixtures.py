@@ -157,7 +157,9 @@ def pgmig_schema(request: pytest.FixtureRequest) -> Iterator[PgmigSchema]:
 def _worker_slot(state: PgmigState, sets: Sets) -> Slot:
     slot: Slot | None = state.worker_slots.get(sets)
     if slot is not None and not state.call(state.space().ready(slot)):
-        slot = None  # the last test changed its DDL: it was dropped
+        # the last test changed its DDL, or its reset failed: the schema was dropped
+        del state.worker_slots[sets]
+        slot = None
     if slot is None:
         try:
             slot = state.call(state.space().acquire(sets))

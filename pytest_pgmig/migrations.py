@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from pytest_pgmig import extensions, guard
 from pytest_pgmig.database import (
     AsyncDatabaseManager,
     Connection,
@@ -57,6 +58,21 @@ _TABLE_COLUMNS = """
 _NO_TABLE = (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError)
 # Server-side duration of the current simple-query message: the file just run.
 _ELAPSED_MS = "(extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::float8"
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """How the pytest plugin has files run; not part of pgdbm's API (defaults: pgdbm's way).
+
+    ``search_path``: the schemas after the manager's own while a file runs.
+    ``skip_extensions``: ``CREATE EXTENSION`` statements are left out (the caller installs
+    the extensions once per database). ``guard``: the schema whose transaction is checked
+    for writes outside it (`pytest_pgmig.guard`), or ``None``.
+    """
+
+    search_path: tuple[str, ...] = ("public",)
+    skip_extensions: bool = False
+    guard: str | None = None
 
 
 @dataclass
@@ -120,6 +136,7 @@ class AsyncMigrationManager:
                 f"AsyncMigrationManager got unexpected keyword arguments: {', '.join(unexpected)}"
             )
         self.db = db_manager
+        self.options = ApplyOptions()
         self.migrations_path = Path(migrations_path).resolve()
         try:
             table = validate_identifier(migrations_table, "migrations table").lower()
@@ -191,6 +208,18 @@ class AsyncMigrationManager:
         ``excerpt``; files before it stay applied). Bad files and changed checksums raise
         `MigrationError` before anything runs.
         """
+        return await self._run(dry_run=dry_run, raise_errors=False)
+
+    async def migrate(self) -> int:
+        """Apply every pending file in order; return how many were applied.
+
+        The plugin's path: a failing file raises its `MigrationError` (``transient`` set when
+        a concurrent session got in the way) instead of returning an ``"error"`` status.
+        """
+        result = await self._run(dry_run=False, raise_errors=True)
+        return len(result.get("applied", ()))
+
+    async def _run(self, *, dry_run: bool, raise_errors: bool) -> dict[str, Any]:
         files = load_migrations(self.migrations_path)
         async with self.db.acquire() as conn:
             if await self._all_applied(conn, files):
@@ -216,7 +245,7 @@ class AsyncMigrationManager:
                 pending = self._pending(files, applied)
                 if not pending:
                     return _up_to_date(list(applied))
-                return await self._apply_all(conn, pending, applied)
+                return await self._apply_all(conn, pending, applied, raise_errors)
             finally:
                 await self._unlock(conn)
 
@@ -235,7 +264,11 @@ class AsyncMigrationManager:
                 await self._unlock(conn)
 
     async def _apply_all(
-        self, conn: Connection, pending: list[MigrationFile], applied: dict[str, Migration]
+        self,
+        conn: Connection,
+        pending: list[MigrationFile],
+        applied: dict[str, Migration],
+        raise_errors: bool,
     ) -> dict[str, Any]:
         done: list[dict[str, Any]] = []
         total_ms = 0.0
@@ -244,6 +277,8 @@ class AsyncMigrationManager:
                 elapsed = await self._apply_one(conn, file.filename, file.checksum, file.plan)
             except MigrationError as exc:
                 logger.info("%s", exc)
+                if raise_errors:
+                    raise
                 return {
                     "status": "error",
                     "failed_migration": file.filename,
@@ -276,10 +311,13 @@ class AsyncMigrationManager:
     ) -> float:
         # One round trip: the file, its tracking row and the commit in a single
         # simple-query message. The file's own BEGIN/COMMIT were blanked by the planner.
-        prefix = "BEGIN;"
-        if self.schema is not None:
-            prefix += f"SET LOCAL search_path TO {quote_identifier(self.schema)}, public;"
-        script = self._render(filename, plan.script)
+        opts = self.options
+        prefix = "BEGIN;" + self._set_path("SET LOCAL")
+        if opts.guard is not None:
+            prefix += guard.before_sql(opts.guard)
+        template = self._script(filename, plan, plan.script)
+        script = self._render(filename, template)
+        check = guard.after_sql(opts.guard) if opts.guard is not None else ""
         record = (
             f"INSERT INTO {self._table} (filename, checksum, module_name, execution_time_ms) "
             f"VALUES ({sql_literal(filename)}, {sql_literal(checksum)}, "
@@ -287,11 +325,26 @@ class AsyncMigrationManager:
         )
         started = time.perf_counter()
         try:
-            await conn.execute(f"{prefix}{script}\n;{record};COMMIT;")
+            await conn.execute(f"{prefix}{script}\n;{check}{record};COMMIT;")
         except asyncpg.PostgresError as exc:
             await _rollback(conn)
-            raise self._sql_error(filename, plan, plan.script, exc, len(prefix), None) from exc
+            raise self._sql_error(filename, plan, template, exc, len(prefix), None) from exc
         return (time.perf_counter() - started) * 1000
+
+    def _set_path(self, command: str) -> str:
+        """``SET [LOCAL] search_path`` to the schema and the options' schemas, or ``""``."""
+        if self.schema is None:
+            return ""
+        path = dict.fromkeys([self.schema, *self.options.search_path])
+        return f"{command} search_path TO {', '.join(map(quote_identifier, path))};"
+
+    def _script(self, filename: str, plan: ScriptPlan, script: str) -> str:
+        """The script as run: without its CREATE EXTENSION statements if the options say so."""
+        if not self.options.skip_extensions:
+            return script
+        return extensions.blank_statements(
+            script, extensions.find_extensions(plan.text, plan.statements, filename)
+        )
 
     async def _apply_autocommit(
         self, conn: Connection, filename: str, checksum: str, plan: ScriptPlan
@@ -302,17 +355,35 @@ class AsyncMigrationManager:
             plan.reason,
         )
         started = time.perf_counter()
+        opts = self.options
         old_path = await conn.fetchval("SELECT current_setting('search_path')")
         if self.schema is not None:
-            await conn.execute(f"SET search_path TO {quote_identifier(self.schema)}, public")
+            await conn.execute(self._set_path("SET"))
+        skipped = (
+            {r.start for r in extensions.find_extensions(plan.text, plan.statements, filename)}
+            if opts.skip_extensions
+            else set()
+        )
         try:
             for statement in plan.statements:
+                if statement.start in skipped:
+                    continue
                 text = plan.text[statement.start : statement.end]
+                prefix = suffix = ""
+                if opts.guard is not None and statement.kind == "no_transaction":
+                    await guard.check_target(conn, filename, opts.guard, statement, text)
+                elif opts.guard is not None and statement.kind == "sql":
+                    prefix, suffix = (
+                        f"BEGIN;{guard.before_sql(opts.guard)}",
+                        ";" + "".join((guard.after_sql(opts.guard), "COMMIT;")),
+                    )
                 try:
-                    await conn.execute(self._render(filename, text))
+                    await conn.execute(prefix + self._render(filename, text) + suffix)
                 except asyncpg.PostgresError as exc:
                     await _rollback(conn)
-                    raise self._sql_error(filename, plan, text, exc, 0, statement.start) from exc
+                    raise self._sql_error(
+                        filename, plan, text, exc, len(prefix), statement.start
+                    ) from exc
             elapsed = (time.perf_counter() - started) * 1000
             await conn.execute(
                 f"INSERT INTO {self._table} (filename, checksum, module_name, execution_time_ms) "
@@ -346,6 +417,12 @@ class AsyncMigrationManager:
         offset: int | None,
     ) -> MigrationError:
         """Turn a server error into a MigrationError pointing at the line of the file."""
+        if self.options.guard is not None:
+            outside = guard.explain(
+                filename, self.options.guard, exc, committed=not plan.transactional
+            )
+            if outside is not None:
+                return outside
         sql_error = f"{type(exc).__name__}: {exc}"
         for extra in ("detail", "hint"):
             value = getattr(exc, extra, None)
@@ -385,6 +462,7 @@ class AsyncMigrationManager:
             line=line,
             excerpt=snippet,
             hint=hint,
+            transient=is_transient(exc),
         )
 
     # -- tracking ---------------------------------------------------------------------
@@ -503,6 +581,21 @@ class AsyncMigrationManager:
                     filename,
                     self.module_name,
                 )
+
+
+# deadlock, serialization failure, lock timeout: another session's timing, not the SQL
+_TRANSIENT = {"40P01", "40001", "55P03"}
+
+
+def is_transient(exc: asyncpg.PostgresError) -> bool:
+    """Whether running the same SQL again may succeed: a concurrent session got in the way.
+
+    A unique violation in a system catalog (two sessions creating one type or extension
+    at once) counts; one in a user's table does not.
+    """
+    state = getattr(exc, "sqlstate", None)
+    constraint = getattr(exc, "constraint_name", None) or ""
+    return state in _TRANSIENT or (state == "23505" and constraint.startswith("pg_"))
 
 
 def _migration(file: MigrationFile) -> Migration:

@@ -197,7 +197,9 @@ async def install(conn: asyncpg.Connection, *, own_server: bool) -> None:
     On a server the plugin started itself (`own_server`) it also installs event triggers
     that log DDL on our schemas; a user's server never gets a database-wide trigger.
     """
-    wanted = list(_SIGNATURES) + (["log_ddl_v1()"] if own_server else [])
+    from pytest_pgmig import guard
+
+    wanted = [*_SIGNATURES, *guard.SIGNATURES] + (["log_ddl_v1()"] if own_server else [])
     present = await conn.fetchval(
         "SELECT count(to_regprocedure($1 || '.' || sig)) FROM unnest($2::text[]) AS sig",
         REGISTRY,
@@ -208,6 +210,7 @@ async def install(conn: asyncpg.Connection, *, own_server: bool) -> None:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS, _INSTALL_LOCK)
         script = _INSTALL + _FINGERPRINT + (_DDL_LOG if own_server else "") + _STATE + _HELPERS
+        script += guard.FUNCTIONS
         await conn.execute(script)
 
 

@@ -17,10 +17,16 @@ import asyncpg  # type: ignore[import-untyped]
 
 from pytest_pgmig import registry
 from pytest_pgmig.dsn import redact, with_search_path
+from pytest_pgmig.errors import MigrationError
+from pytest_pgmig.extensions import EXTENSION_SCHEMA, find_extensions
+from pytest_pgmig.extensions import install as install_extensions
+from pytest_pgmig.files import load_migrations
 from pytest_pgmig.settings import MigrationSet
 from pytest_pgmig.templates import quote_identifier, sql_literal
 
 TRACKING_TABLE = "schema_migrations"
+# how often a migration that met a concurrent session (deadlock, lock timeout, ...) is tried
+TRANSIENT_TRIES = 3
 # what `_reset` answers when locks held it up twice: the schema must be replaced
 _LOCKED = "locked"
 # a test that leaves a lock held must not stall teardown for long
@@ -50,12 +56,17 @@ class PgmigSchema:
 
 
 class MigrationFailed(Exception):
-    """The migrations could not build a schema; the message says which file and the fix."""
+    """The migrations could not build a schema; the message says which file and the fix.
 
-    def __init__(self, full: str, brief: str) -> None:
+    ``transient``: a concurrent session got in the way; trying again may succeed, so the
+    set is not marked broken.
+    """
+
+    def __init__(self, full: str, brief: str, *, transient: bool = False) -> None:
         super().__init__(full)
         self.full = full
         self.brief = brief
+        self.transient = transient
 
 
 @dataclass
@@ -87,7 +98,8 @@ class _SetPool:
     free: list[Slot] = field(default_factory=list)
     # resets and spare creations under way, oldest first; each gives a clean slot or None
     pending: deque[asyncio.Task[Slot | None]] = field(default_factory=deque)
-    failure: MigrationFailed | None = None
+    failure: MigrationFailed | None = None  # an error that would recur: the set is broken
+    reported: bool = False  # a test has shown the failure's full text
 
 
 class OneConnectionPool:
@@ -183,6 +195,8 @@ class Workspace:
         self._op: asyncio.Lock | None = None
         self._background: set[asyncio.Task[Slot | None]] = set()
         self._warned: set[tuple[MigrationSet, ...]] = set()
+        self._verified: set[MigrationSet] = set()  # sets checked for writes outside
+        self._paths: dict[MigrationSet, tuple[str, ...]] = {}  # their extension schemas
         # messages for the test run's warnings summary, taken by the fixtures
         self.warnings: list[str] = []
 
@@ -284,17 +298,22 @@ class Workspace:
         test's schema can be reset off the next test's path (see `release_later`).
         """
         pool = self._pools.setdefault(sets, _SetPool())
-        if pool.failure is not None:
-            raise MigrationFailed(pool.failure.brief, pool.failure.brief)
         slot: Slot | None = None
-        while slot is None and (pool.free or pool.pending):
+        while slot is None and (pool.free or pool.pending) and pool.failure is None:
             slot = pool.free.pop() if pool.free else await pool.pending.popleft()
+        if pool.failure is not None:
+            # broken while a schema was reset or prepared: the first test to hear of it
+            # shows the whole message, later ones the brief one
+            failure, first = pool.failure, not pool.reported
+            pool.reported = True
+            raise failure if first else MigrationFailed(failure.brief, failure.brief)
         if slot is None:
             async with self.op:
                 try:
                     return await self._create(sets, kind="s")
                 except MigrationFailed as exc:
-                    pool.failure = exc
+                    if not exc.transient:
+                        pool.failure, pool.reported = exc, True
                     raise
         # A second test of this set is here: from now on one schema is prepared while the
         # previous one is reset (a run of one test never pays for the spare).
@@ -306,8 +325,14 @@ class Workspace:
         async with self.op:
             try:
                 return await self._create(sets, kind="s")
-            except MigrationFailed:
+            except MigrationFailed as exc:
+                self._broken(sets, exc)
                 return None  # the foreground acquire reports it
+
+    def _broken(self, sets: tuple[MigrationSet, ...], exc: MigrationFailed) -> None:
+        pool = self._pools[sets]
+        if not exc.transient and pool.failure is None:
+            pool.failure = exc
 
     async def release_later(self, slot: Slot) -> None:
         """Reset a test's schema in the background (ending its sessions) for a later test."""
@@ -339,6 +364,10 @@ class Workspace:
                 return slot if await self.reset(slot) else None
             except asyncpg.PostgresError as exc:
                 self._reset_failed(slot, _describe_reset_error(exc))
+                await self.discard(slot.schema.name)
+                return None
+            except MigrationFailed as exc:  # the template could not be migrated
+                self._broken(slot.key, exc)
                 await self.discard(slot.schema.name)
                 return None
 
@@ -511,17 +540,24 @@ class Workspace:
         return function
 
     async def _create(self, sets: tuple[MigrationSet, ...], *, kind: str) -> Slot:
-        name = self._next_name(kind)
-        await registry.register(
-            self.conn, name, lease=self._lease, run=self.run, worker=self.worker
-        )
-        self._mine.append(name)
-        self.stats.created += 1
-        try:
-            module_names = await self._migrate(name, sets)
-        except Exception:
-            await self.discard(name)
-            raise
+        for attempt in range(1, TRANSIENT_TRIES + 1):
+            name = self._next_name(kind)
+            await registry.register(
+                self.conn, name, lease=self._lease, run=self.run, worker=self.worker
+            )
+            self._mine.append(name)
+            self.stats.created += 1
+            try:
+                module_names, path = await self._migrate(name, sets)
+                break
+            except MigrationFailed as exc:
+                await self.discard(name)
+                if not exc.transient or attempt == TRANSIENT_TRIES:
+                    raise
+                await asyncio.sleep(0.05 * attempt)
+            except Exception:
+                await self.discard(name)
+                raise
         # (a cancelled migration, Ctrl-C, leaves the schema to close(): the connection is
         # still busy with the statement being cancelled)
         state = await self.conn.fetchval(
@@ -534,32 +570,61 @@ class Workspace:
         schema = PgmigSchema(
             name=name,
             module_name=module_names.get(lib, f"{lib}_{name}"),
-            dsn=schema_dsn(self.admin_dsn, name),
+            dsn=schema_dsn(self.admin_dsn, name, path),
             module_names=module_names,
         )
         return Slot(schema=schema, key=sets, state=state)
 
-    async def _migrate(self, name: str, sets: tuple[MigrationSet, ...]) -> dict[str, str]:
+    async def _migrate(
+        self, name: str, sets: tuple[MigrationSet, ...]
+    ) -> tuple[dict[str, str], tuple[str, ...]]:
+        """Migrate schema `name`; the module names, and the schemas after it on search_path.
+
+        The first time a set is migrated in this process, each of its files is checked for
+        writes outside the schema; the set's extensions are installed first.
+        """
         from pytest_pgmig.database import AsyncDatabaseManager
-        from pytest_pgmig.errors import MigrationError
-        from pytest_pgmig.migrations import AsyncMigrationManager
+        from pytest_pgmig.migrations import ApplyOptions, AsyncMigrationManager
 
         module_names: dict[str, str] = {}
+        path: tuple[str, ...] = ()
         db = AsyncDatabaseManager(pool=OneConnectionPool(self.conn), schema=name)
-        for mset in sets:
-            module_name = f"{mset.module}_{name}"
-            module_names[mset.module] = module_name
-            manager = AsyncMigrationManager(
-                db, migrations_path=str(mset.path), module_name=module_name
-            )
-            try:
-                result = await manager.apply_pending_migrations()
-            except MigrationError as exc:
-                raise migration_failed(mset, exc) from None
-            if result["status"] == "error":
-                raise migration_failed(mset, result)
-            self.stats.migrations += len(result.get("applied", ()))
-        return module_names
+        try:
+            for mset in sets:
+                module_name = f"{mset.module}_{name}"
+                module_names[mset.module] = module_name
+                manager = AsyncMigrationManager(
+                    db, migrations_path=str(mset.path), module_name=module_name
+                )
+                set_path = await self._extension_path(mset)
+                path = tuple(dict.fromkeys([*path, *set_path]))
+                manager.options = ApplyOptions(
+                    search_path=set_path,
+                    skip_extensions=True,
+                    guard=None if mset in self._verified else name,
+                )
+                self.stats.migrations += await manager.migrate()
+                self._verified.add(mset)
+        except MigrationError as exc:
+            await self.conn.execute("RESET ALL")
+            raise migration_failed(mset, exc) from None
+        # a file's SET (pg_dump's set_config('search_path', '', false)) must not stay on the
+        # control connection
+        await self.conn.execute("RESET ALL")
+        return module_names, path or (EXTENSION_SCHEMA,)
+
+    async def _extension_path(self, mset: MigrationSet) -> tuple[str, ...]:
+        """Install the extensions a set creates (once per process); the schemas they are in."""
+        path = self._paths.get(mset)
+        if path is None:
+            requests = [
+                request
+                for file in load_migrations(mset.path)
+                for request in find_extensions(file.content, file.plan.statements, file.filename)
+            ]
+            path = tuple(await install_extensions(self.conn, requests)) if requests else ()
+            self._paths[mset] = path = path or (EXTENSION_SCHEMA,)
+        return path
 
     async def _make_template(self, sets: tuple[MigrationSet, ...]) -> _Template:
         slot = await self._create(sets, kind="tpl")
@@ -608,27 +673,24 @@ def _describe_reset_error(exc: asyncpg.PostgresError) -> str:
     return f"{where}{type(exc).__name__}: {exc}"
 
 
-def schema_dsn(admin_dsn: str, schema: str) -> str:
-    """The DSN a test connects with: the schema first on search_path, our application_name."""
-    dsn = with_search_path(admin_dsn, schema)
+def schema_dsn(admin_dsn: str, schema: str, path: tuple[str, ...] = ()) -> str:
+    """The DSN a test connects with: the schema, then `path`, on search_path; our
+    application_name."""
+    dsn = with_search_path(admin_dsn, schema, *path)
     app = registry.app_name(schema)
     if "://" in dsn:
         return f"{dsn}&application_name={quote(app, safe='')}"
     return f"{dsn} application_name='{app}'"
 
 
-def migration_failed(mset: MigrationSet, problem: Any) -> MigrationFailed:
-    """Turn an engine error or error status into a test failure: the full text, and a brief one."""
-    if isinstance(problem, dict):
-        filename = problem.get("failed_migration", "?")
-        error = str(problem.get("error", "")).strip()
-    else:
-        filename = getattr(problem, "migration_file", None) or "?"
-        error = str(problem).strip()
+def migration_failed(mset: MigrationSet, problem: MigrationError) -> MigrationFailed:
+    """Turn an engine error into a test failure: the full text, and a brief one."""
+    filename = problem.migration_file or "?"
+    error = str(problem).strip()
     where = f"{mset.path}/{filename}" if filename != "?" else str(mset.path)
     full = f"pgmig: migration {where} failed (module {mset.module}):\n{error}"
     first_line = error.splitlines()[0] if error else "failed"
     brief = (
         f"pgmig: migration {where} is broken ({first_line}); see the first failing test for details"
     )
-    return MigrationFailed(full, brief)
+    return MigrationFailed(full, brief, transient=problem.transient)

@@ -33,6 +33,8 @@ def server_dsn() -> Iterator[str]:
 def run_base(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private run base for inner runs' embedded servers (short: socket paths are limited)."""
     folder = Path(tempfile.mkdtemp(prefix="pgm-", dir="/tmp"))
+    # the plugin leaves a PGMIG_RUN_BASE as it is: make it passable for the cluster account
+    folder.chmod(0o711)
     monkeypatch.setenv("PGMIG_RUN_BASE", str(folder))
     monkeypatch.setenv("PGMIG_CACHE_DIR", REAL_CACHE)
     try:

@@ -17,6 +17,8 @@ def short_base() -> Iterator[Path]:
     Whatever runs are left in it at the end are stopped and the folder is deleted.
     """
     folder = Path(tempfile.mkdtemp(prefix="pgm-", dir="/tmp"))
+    # the plugin leaves a PGMIG_RUN_BASE as it is: make it passable for the cluster account
+    folder.chmod(0o711)
     try:
         yield folder
     finally:

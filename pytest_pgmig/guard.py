@@ -1,0 +1,333 @@
+"""Catching migrations that write outside the schema they migrate, before they commit."""
+
+from __future__ import annotations
+
+import re
+
+import asyncpg  # type: ignore[import-untyped]
+
+from pytest_pgmig.errors import MigrationError
+from pytest_pgmig.registry import REGISTRY
+from pytest_pgmig.sqltext import Statement
+from pytest_pgmig.templates import sql_literal
+
+# the SQLSTATE outside_v1 raises: a write outside the migrated schema
+OUTSIDE = "PGM01"
+_CENSUS_SETTING = "pgmig.census"
+
+# Objects of the system have OIDs below 16384 (FirstNormalObjectId): never the user's.
+FUNCTIONS = f"""
+CREATE OR REPLACE FUNCTION {REGISTRY}.skipped_ns_v1(p_schema text) RETURNS oid[]
+LANGUAGE sql STABLE AS $skip$
+    -- the migrated schema, the system's, the plugin's and every registered throwaway schema
+    SELECT array_agg(oid) FROM pg_namespace
+    WHERE nspname = p_schema OR nspname LIKE 'pg\\_%' OR nspname = 'information_schema'
+       OR nspname = '{REGISTRY}' OR nspname IN (SELECT name FROM {REGISTRY}.schemas)
+$skip$;
+
+CREATE OR REPLACE FUNCTION {REGISTRY}.foreign_cast_v1(p_source oid, p_target oid, p_skip oid[])
+RETURNS boolean LANGUAGE sql STABLE AS $cast$
+    -- a cast of a type in a skipped schema (a range type's cast to its multirange) goes
+    -- with that schema
+    SELECT NOT EXISTS (
+        SELECT 1 FROM pg_type WHERE oid IN (p_source, p_target) AND typnamespace = ANY (p_skip)
+    )
+$cast$;
+
+CREATE OR REPLACE FUNCTION {REGISTRY}.census_v1(p_schema text) RETURNS text
+LANGUAGE plpgsql STABLE AS $census$
+-- How many objects every other schema holds, and the database-wide objects: a count that
+-- fell while a migration ran means it dropped something that was not its own.
+DECLARE
+    skip oid[] := {REGISTRY}.skipped_ns_v1(p_schema);
+BEGIN
+    RETURN (SELECT string_agg(k || '=' || n, ',' ORDER BY k) FROM (
+        SELECT 'relation:' || relnamespace AS k, count(*) AS n FROM pg_class
+            WHERE oid >= 16384 AND relnamespace <> ALL (skip) GROUP BY relnamespace
+        UNION ALL SELECT 'type:' || typnamespace, count(*) FROM pg_type
+            WHERE oid >= 16384 AND typnamespace <> ALL (skip) GROUP BY typnamespace
+        UNION ALL SELECT 'function:' || pronamespace, count(*) FROM pg_proc
+            WHERE oid >= 16384 AND pronamespace <> ALL (skip) GROUP BY pronamespace
+        UNION ALL SELECT 'constraint:' || connamespace, count(*) FROM pg_constraint
+            WHERE oid >= 16384 AND connamespace <> ALL (skip) GROUP BY connamespace
+        UNION ALL SELECT 'trigger:' || c.relnamespace, count(*) FROM pg_trigger t
+            JOIN pg_class c ON c.oid = t.tgrelid
+            WHERE t.oid >= 16384 AND c.relnamespace <> ALL (skip) GROUP BY c.relnamespace
+        UNION ALL SELECT 'schema', count(*) FROM pg_namespace
+            WHERE oid >= 16384 AND oid <> ALL (skip)
+        UNION ALL SELECT 'extension', count(*) FROM pg_extension
+        UNION ALL SELECT 'role', count(*) FROM pg_roles
+        UNION ALL SELECT 'role-oid', max(oid::bigint) FROM pg_roles
+        UNION ALL SELECT 'event trigger', count(*) FROM pg_event_trigger
+        UNION ALL SELECT 'publication', count(*) FROM pg_publication
+        UNION ALL SELECT 'cast', count(*) FROM pg_cast
+            WHERE oid >= 16384 AND {REGISTRY}.foreign_cast_v1(castsource, casttarget, skip)
+        -- sequences do not roll back: their values, to be set back
+        UNION ALL SELECT 'seq:' || c.oid, coalesce(pg_sequence_last_value(c.oid), -1)
+            FROM pg_class c WHERE c.relkind = 'S' AND c.relnamespace <> ALL (skip)
+    ) AS census);
+END
+$census$;
+
+CREATE OR REPLACE FUNCTION {REGISTRY}.is_mine_v1(p_xid xid, p_top bigint) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $mine$
+-- Whether a row's xmin is this transaction or one of its subtransactions (a DO block's
+-- EXCEPTION clause), not a later transaction that committed meanwhile.
+BEGIN
+    RETURN txid_status(p_top - p_top % 4294967296 + p_xid::text::bigint) = 'in progress';
+EXCEPTION WHEN OTHERS THEN
+    RETURN false;
+END
+$mine$;
+
+CREATE OR REPLACE FUNCTION {REGISTRY}.restore_sequences_v1(p_census text) RETURNS void
+LANGUAGE plpgsql AS $restore$
+-- Set the sequences outside the schema back to their census values (setval does not roll
+-- back with the failing file, which is what makes this work).
+DECLARE
+    item record;
+BEGIN
+    FOR item IN
+        SELECT split_part(split_part(b, '=', 1), ':', 2)::oid AS seq,
+               split_part(b, '=', 2)::bigint AS value
+        FROM unnest(string_to_array(p_census, ',')) AS b WHERE b LIKE 'seq:%'
+    LOOP
+        IF to_regclass(item.seq::regclass::text) IS NULL THEN
+            CONTINUE;
+        ELSIF item.value = -1 AND pg_sequence_last_value(item.seq) IS NOT NULL THEN
+            PERFORM setval(item.seq, s.seqstart, false) FROM pg_sequence s
+            WHERE s.seqrelid = item.seq;
+        ELSIF item.value <> -1
+              AND pg_sequence_last_value(item.seq) IS DISTINCT FROM item.value THEN
+            PERFORM setval(item.seq, item.value, true);
+        END IF;
+    END LOOP;
+END
+$restore$;
+
+CREATE OR REPLACE FUNCTION {REGISTRY}.outside_v1(p_schema text, p_census text) RETURNS void
+LANGUAGE plpgsql AS $outside$
+-- Raise {OUTSIDE} naming the first object this transaction created, altered, dropped or wrote
+-- rows to outside p_schema. A catalog row written by this transaction has its xid as xmin,
+-- which age() puts at 0 (or below, for subtransactions and later transactions).
+DECLARE
+    skip oid[] := {REGISTRY}.skipped_ns_v1(p_schema);
+    top bigint := txid_current();
+    hit record;
+    was text;
+    num bigint;
+    now_ text;
+BEGIN
+    FOR hit IN
+        SELECT w.classid, w.objid, w.x FROM (
+            SELECT 'pg_namespace'::regclass AS classid, oid AS objid, xmin AS x
+                FROM pg_namespace WHERE oid >= 16384 AND age(xmin) <= 0 AND oid <> ALL (skip)
+            UNION ALL SELECT 'pg_class'::regclass, c.oid, c.xmin FROM pg_class c
+                WHERE c.oid >= 16384 AND age(c.xmin) <= 0 AND c.relnamespace <> ALL (skip)
+            UNION ALL SELECT 'pg_class'::regclass, a.attrelid, a.xmin FROM pg_attribute a
+                JOIN pg_class c ON c.oid = a.attrelid
+                WHERE a.attrelid >= 16384 AND age(a.xmin) <= 0 AND c.relnamespace <> ALL (skip)
+            UNION ALL SELECT 'pg_attrdef'::regclass, d.oid, d.xmin FROM pg_attrdef d
+                JOIN pg_class c ON c.oid = d.adrelid
+                WHERE age(d.xmin) <= 0 AND c.relnamespace <> ALL (skip)
+            UNION ALL SELECT 'pg_type'::regclass, oid, xmin FROM pg_type
+                WHERE oid >= 16384 AND age(xmin) <= 0 AND typnamespace <> ALL (skip)
+            UNION ALL SELECT 'pg_proc'::regclass, oid, xmin FROM pg_proc
+                WHERE oid >= 16384 AND age(xmin) <= 0 AND pronamespace <> ALL (skip)
+            UNION ALL SELECT 'pg_constraint'::regclass, oid, xmin FROM pg_constraint
+                WHERE oid >= 16384 AND age(xmin) <= 0 AND connamespace <> ALL (skip)
+            UNION ALL SELECT 'pg_trigger'::regclass, t.oid, t.xmin FROM pg_trigger t
+                JOIN pg_class c ON c.oid = t.tgrelid
+                WHERE age(t.xmin) <= 0 AND c.relnamespace <> ALL (skip)
+            UNION ALL SELECT 'pg_rewrite'::regclass, r.oid, r.xmin FROM pg_rewrite r
+                JOIN pg_class c ON c.oid = r.ev_class
+                WHERE age(r.xmin) <= 0 AND c.relnamespace <> ALL (skip)
+            UNION ALL SELECT 'pg_policy'::regclass, p.oid, p.xmin FROM pg_policy p
+                JOIN pg_class c ON c.oid = p.polrelid
+                WHERE age(p.xmin) <= 0 AND c.relnamespace <> ALL (skip)
+            UNION ALL SELECT 'pg_operator'::regclass, oid, xmin FROM pg_operator
+                WHERE oid >= 16384 AND age(xmin) <= 0 AND oprnamespace <> ALL (skip)
+            UNION ALL SELECT 'pg_collation'::regclass, oid, xmin FROM pg_collation
+                WHERE oid >= 16384 AND age(xmin) <= 0 AND collnamespace <> ALL (skip)
+            UNION ALL SELECT 'pg_extension'::regclass, oid, xmin FROM pg_extension
+                WHERE age(xmin) <= 0
+            UNION ALL SELECT 'pg_event_trigger'::regclass, oid, xmin FROM pg_event_trigger
+                WHERE age(xmin) <= 0
+            UNION ALL SELECT 'pg_publication'::regclass, oid, xmin FROM pg_publication
+                WHERE age(xmin) <= 0
+            UNION ALL SELECT 'pg_cast'::regclass, oid, xmin FROM pg_cast
+                WHERE oid >= 16384 AND age(xmin) <= 0
+                  AND {REGISTRY}.foreign_cast_v1(castsource, casttarget, skip)
+            UNION ALL SELECT 'pg_language'::regclass, oid, xmin FROM pg_language
+                WHERE oid >= 16384 AND age(xmin) <= 0
+            UNION ALL SELECT 'pg_foreign_server'::regclass, oid, xmin FROM pg_foreign_server
+                WHERE age(xmin) <= 0
+            UNION ALL SELECT 'pg_default_acl'::regclass, oid, xmin FROM pg_default_acl
+                WHERE age(xmin) <= 0
+            UNION ALL SELECT 'pg_database'::regclass, oid, xmin FROM pg_database
+                WHERE datname = current_database() AND age(xmin) <= 0
+        ) AS w
+    LOOP
+        IF age(hit.x) = 0 OR {REGISTRY}.is_mine_v1(hit.x, top) THEN
+            RAISE EXCEPTION USING ERRCODE = '{OUTSIDE}', DETAIL = 'created or altered',
+                MESSAGE = (SELECT o.type || ' ' || coalesce(o.identity, '?')
+                           FROM pg_identify_object(hit.classid, hit.objid, 0) AS o);
+        END IF;
+    END LOOP;
+    FOR hit IN
+        SELECT s.schemaname, s.relname FROM pg_stat_xact_user_tables s
+        JOIN pg_class c ON c.oid = s.relid
+        WHERE s.n_tup_ins + s.n_tup_upd + s.n_tup_del > 0 AND c.relnamespace <> ALL (skip)
+    LOOP
+        PERFORM {REGISTRY}.restore_sequences_v1(p_census);
+        RAISE EXCEPTION USING ERRCODE = '{OUTSIDE}', DETAIL = 'rows written',
+            MESSAGE = format('table %I.%I', hit.schemaname, hit.relname);
+    END LOOP;
+    now_ := {REGISTRY}.census_v1(p_schema);
+    IF now_ IS DISTINCT FROM p_census THEN
+        FOR hit IN
+            SELECT split_part(b, '=', 1) AS k, split_part(b, '=', 2)::bigint AS n
+            FROM unnest(string_to_array(p_census, ',')) AS b
+        LOOP
+            SELECT split_part(a, '=', 2)::bigint INTO num
+            FROM unnest(string_to_array(now_, ',')) AS a WHERE split_part(a, '=', 1) = hit.k;
+            IF hit.k LIKE 'seq:%' THEN
+                IF num IS DISTINCT FROM hit.n THEN
+                    PERFORM {REGISTRY}.restore_sequences_v1(p_census);
+                    RAISE EXCEPTION USING ERRCODE = '{OUTSIDE}', DETAIL = 'advanced',
+                        MESSAGE = 'sequence ' || split_part(hit.k, ':', 2)::oid::regclass::text;
+                END IF;
+            ELSIF hit.k = 'role-oid' THEN
+                SELECT string_agg(rolname, ', ') INTO was FROM pg_roles WHERE oid::bigint > hit.n;
+                IF was IS NOT NULL THEN
+                    RAISE EXCEPTION USING ERRCODE = '{OUTSIDE}', DETAIL = 'created',
+                        MESSAGE = 'role ' || was;
+                END IF;
+            ELSIF coalesce(num, 0) < hit.n THEN
+                was := split_part(hit.k, ':', 1);
+                IF split_part(hit.k, ':', 2) <> '' THEN
+                    was := was || ' in schema '
+                        || quote_ident(split_part(hit.k, ':', 2)::oid::regnamespace::text);
+                END IF;
+                RAISE EXCEPTION USING ERRCODE = '{OUTSIDE}', DETAIL = 'dropped',
+                    MESSAGE = (hit.n - coalesce(num, 0)) || ' ' || replace(was, ' in ', '(s) in ');
+            END IF;
+        END LOOP;
+    END IF;
+END
+$outside$;
+"""
+SIGNATURES = (
+    "skipped_ns_v1(text)",
+    "foreign_cast_v1(oid,oid,oid[])",
+    "census_v1(text)",
+    "is_mine_v1(xid,bigint)",
+    "restore_sequences_v1(text)",
+    "outside_v1(text,text)",
+)
+
+
+def before_sql(schema: str) -> str:
+    """What a file's transaction runs first: take the census (and an xid, so age() is exact)."""
+    return (
+        f"SELECT set_config('{_CENSUS_SETTING}', {REGISTRY}.census_v1({sql_literal(schema)}), "
+        "true), txid_current();"
+    )
+
+
+def after_sql(schema: str) -> str:
+    """What it runs after the file, before its tracking row: raise if it wrote outside."""
+    return (
+        f"SELECT {REGISTRY}.outside_v1({sql_literal(schema)}, "
+        f"current_setting('{_CENSUS_SETTING}'));"
+    )
+
+
+def explain(
+    filename: str, schema: str, exc: asyncpg.PostgresError, *, committed: bool = False
+) -> MigrationError | None:
+    """The migration failure for a write outside the schema, or None for any other error."""
+    if getattr(exc, "sqlstate", None) != OUTSIDE:
+        return None
+    what = f"{getattr(exc, 'message', None) or exc} ({getattr(exc, 'detail', None) or 'changed'})"
+    done = (
+        "It ran outside a transaction: its earlier statements stay committed."
+        if committed
+        else f"'{filename}' was rolled back: nothing of it stays in the database."
+    )
+    return outside_error(filename, schema, what, done)
+
+
+def outside_error(filename: str, schema: str, what: str, done: str) -> MigrationError:
+    return MigrationError(
+        f"Migration '{filename}' writes outside the schema it migrates ({schema}): {what}. {done}",
+        migration_file=filename,
+        hint="Each test's migrations run with its own schema first on search_path. Drop the "
+        "schema qualifier (public.users -> users) or write {{tables.users}} / {{schema}}; "
+        "remove statements that empty search_path (pg_dump's SELECT pg_catalog.set_config("
+        "'search_path', '', false)). Objects a set must keep in a schema of its own (CREATE "
+        "SCHEMA billing), roles, casts, event triggers and publications cannot live in a "
+        "per-test schema.",
+    )
+
+
+_TARGET = re.compile(
+    r"\bON\s+(?:ONLY\s+)?((?:\"(?:[^\"]|\"\")*\"|[\w$]+)(?:\s*\.\s*(?:\"(?:[^\"]|\"\")*\"|[\w$]+))?)",
+    re.IGNORECASE,
+)
+_DROP_INDEX = re.compile(
+    r"DROP\s+INDEX\s+CONCURRENTLY\s+(?:IF\s+EXISTS\s+)?"
+    r"((?:\"(?:[^\"]|\"\")*\"|[\w$]+)(?:\s*\.\s*(?:\"(?:[^\"]|\"\")*\"|[\w$]+))?)",
+    re.IGNORECASE,
+)
+_ALTER_TABLE = re.compile(
+    r"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?"
+    r"((?:\"(?:[^\"]|\"\")*\"|[\w$]+)(?:\s*\.\s*(?:\"(?:[^\"]|\"\")*\"|[\w$]+))?)",
+    re.IGNORECASE,
+)
+
+
+def preflight_target(statement: Statement, text: str) -> str | None:
+    """The relation a statement that cannot run in a transaction works on, as written.
+
+    ``"*"`` for one that always works outside a schema (a database, a tablespace, the
+    server's configuration); ``None`` when it touches no object (``VACUUM``, ``REINDEX``).
+    """
+    head = statement.head
+    if head[:2] == ("ALTER", "SYSTEM") or (
+        (head[:1] in (("CREATE",), ("DROP",))) and (head[1:2] in (("DATABASE",), ("TABLESPACE",)))
+    ):
+        return "*"
+    pattern = {"CREATE": _TARGET, "DROP": _DROP_INDEX, "ALTER": _ALTER_TABLE}.get(head[0])
+    if pattern is None:
+        return None
+    match = pattern.search(text)
+    return match.group(1) if match else None
+
+
+async def check_target(
+    conn: asyncpg.Connection, filename: str, schema: str, statement: Statement, text: str
+) -> None:
+    """Refuse, before it runs, a non-transactional statement that works outside `schema`."""
+    target = preflight_target(statement, text)
+    if target is None:
+        return
+    if target != "*":
+        where = await conn.fetchval(
+            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.oid = to_regclass($1)",
+            target,
+        )
+        if where is None or where == schema:
+            return
+        what = f"relation {where}.{target.rsplit('.', 1)[-1].strip()}"
+    else:
+        what = " ".join(statement.head[:2]).lower()
+    first = text.strip().split("\n", 1)[0][:60]
+    raise outside_error(
+        filename,
+        schema,
+        f"{what} ({first})",
+        "That statement cannot run in a transaction, so it was not run; the statements "
+        "before it stay committed.",
+    )
