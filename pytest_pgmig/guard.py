@@ -106,7 +106,7 @@ END
 $restore$;
 
 CREATE OR REPLACE FUNCTION {REGISTRY}.outside_v1(p_schema text, p_census text) RETURNS void
-LANGUAGE plpgsql AS $outside$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $outside$
 -- Raise {OUTSIDE} naming the first object this transaction created, altered, dropped or wrote
 -- rows to outside p_schema. A catalog row written by this transaction has its xid as xmin,
 -- which age() puts at 0 (or below, for subtransactions and later transactions).
@@ -119,32 +119,17 @@ DECLARE
     now_ text;
 BEGIN
     FOR hit IN
-        SELECT w.classid, w.objid, w.x FROM (
+        SELECT u.classid, u.objid, u.x FROM (
             SELECT 'pg_namespace'::regclass AS classid, oid AS objid, xmin AS x
                 FROM pg_namespace WHERE oid >= 16384 AND age(xmin) <= 0 AND oid <> ALL (skip)
             UNION ALL SELECT 'pg_class'::regclass, c.oid, c.xmin FROM pg_class c
                 WHERE c.oid >= 16384 AND age(c.xmin) <= 0 AND c.relnamespace <> ALL (skip)
-            UNION ALL SELECT 'pg_class'::regclass, a.attrelid, a.xmin FROM pg_attribute a
-                JOIN pg_class c ON c.oid = a.attrelid
-                WHERE a.attrelid >= 16384 AND age(a.xmin) <= 0 AND c.relnamespace <> ALL (skip)
-            UNION ALL SELECT 'pg_attrdef'::regclass, d.oid, d.xmin FROM pg_attrdef d
-                JOIN pg_class c ON c.oid = d.adrelid
-                WHERE age(d.xmin) <= 0 AND c.relnamespace <> ALL (skip)
             UNION ALL SELECT 'pg_type'::regclass, oid, xmin FROM pg_type
                 WHERE oid >= 16384 AND age(xmin) <= 0 AND typnamespace <> ALL (skip)
             UNION ALL SELECT 'pg_proc'::regclass, oid, xmin FROM pg_proc
                 WHERE oid >= 16384 AND age(xmin) <= 0 AND pronamespace <> ALL (skip)
             UNION ALL SELECT 'pg_constraint'::regclass, oid, xmin FROM pg_constraint
                 WHERE oid >= 16384 AND age(xmin) <= 0 AND connamespace <> ALL (skip)
-            UNION ALL SELECT 'pg_trigger'::regclass, t.oid, t.xmin FROM pg_trigger t
-                JOIN pg_class c ON c.oid = t.tgrelid
-                WHERE age(t.xmin) <= 0 AND c.relnamespace <> ALL (skip)
-            UNION ALL SELECT 'pg_rewrite'::regclass, r.oid, r.xmin FROM pg_rewrite r
-                JOIN pg_class c ON c.oid = r.ev_class
-                WHERE age(r.xmin) <= 0 AND c.relnamespace <> ALL (skip)
-            UNION ALL SELECT 'pg_policy'::regclass, p.oid, p.xmin FROM pg_policy p
-                JOIN pg_class c ON c.oid = p.polrelid
-                WHERE age(p.xmin) <= 0 AND c.relnamespace <> ALL (skip)
             UNION ALL SELECT 'pg_operator'::regclass, oid, xmin FROM pg_operator
                 WHERE oid >= 16384 AND age(xmin) <= 0 AND oprnamespace <> ALL (skip)
             UNION ALL SELECT 'pg_collation'::regclass, oid, xmin FROM pg_collation
@@ -166,7 +151,7 @@ BEGIN
                 WHERE age(xmin) <= 0
             UNION ALL SELECT 'pg_database'::regclass, oid, xmin FROM pg_database
                 WHERE datname = current_database() AND age(xmin) <= 0
-        ) AS w
+        ) AS u
     LOOP
         IF age(hit.x) = 0 OR {REGISTRY}.is_mine_v1(hit.x, top) THEN
             RAISE EXCEPTION USING ERRCODE = '{OUTSIDE}', DETAIL = 'created or altered',
@@ -174,14 +159,23 @@ BEGIN
                            FROM pg_identify_object(hit.classid, hit.objid, 0) AS o);
         END IF;
     END LOOP;
+    -- Writing rows and every change to a relation (ALTER, a trigger, an index, a rule, a
+    -- policy, a default, TRUNCATE, nextval) take a lock stronger than a read's, held to the
+    -- end of the transaction: this session's locks name them without reading the catalogs.
     FOR hit IN
-        SELECT s.schemaname, s.relname FROM pg_stat_xact_user_tables s
-        JOIN pg_class c ON c.oid = s.relid
-        WHERE s.n_tup_ins + s.n_tup_upd + s.n_tup_del > 0 AND c.relnamespace <> ALL (skip)
+        SELECT l.relation, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+        WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' AND l.relation >= 16384
+          AND l.mode NOT IN ('AccessShareLock', 'RowShareLock')
+          AND c.relnamespace <> ALL (skip)
+          AND c.relkind <> 'S'  -- the census reads sequences so (their values show changes)
+        ORDER BY l.mode = 'RowExclusiveLock'
     LOOP
         PERFORM {REGISTRY}.restore_sequences_v1(p_census);
-        RAISE EXCEPTION USING ERRCODE = '{OUTSIDE}', DETAIL = 'rows written',
-            MESSAGE = format('table %I.%I', hit.schemaname, hit.relname);
+        RAISE EXCEPTION USING ERRCODE = '{OUTSIDE}',
+            DETAIL = CASE WHEN hit.mode = 'RowExclusiveLock' THEN 'rows written'
+                          ELSE 'altered' END,
+            MESSAGE = (SELECT o.type || ' ' || o.identity
+                       FROM pg_identify_object('pg_class'::regclass, hit.relation, 0) AS o);
     END LOOP;
     now_ := {REGISTRY}.census_v1(p_schema);
     IF now_ IS DISTINCT FROM p_census THEN
@@ -214,6 +208,7 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
+    PERFORM set_config('{_CENSUS_SETTING}', p_schema || '|' || now_, false);
 END
 $outside$;
 """
@@ -228,10 +223,16 @@ SIGNATURES = (
 
 
 def before_sql(schema: str) -> str:
-    """What a file's transaction runs first: take the census (and an xid, so age() is exact)."""
+    """What a file's transaction runs first: an xid, so age() is exact, and the census.
+
+    The census a file ends with is the next file's (kept in a session setting that a
+    failing file rolls back), so it is counted once per file.
+    """
+    tag = sql_literal(schema + "|")
     return (
-        f"SELECT set_config('{_CENSUS_SETTING}', {REGISTRY}.census_v1({sql_literal(schema)}), "
-        "true), txid_current();"
+        f"SELECT CASE WHEN coalesce(current_setting('{_CENSUS_SETTING}', true), '') "
+        f"NOT LIKE {tag} || '%' THEN set_config('{_CENSUS_SETTING}', "
+        f"{tag} || {REGISTRY}.census_v1({sql_literal(schema)}), false) END, txid_current();"
     )
 
 
@@ -239,7 +240,7 @@ def after_sql(schema: str) -> str:
     """What it runs after the file, before its tracking row: raise if it wrote outside."""
     return (
         f"SELECT {REGISTRY}.outside_v1({sql_literal(schema)}, "
-        f"current_setting('{_CENSUS_SETTING}'));"
+        f"split_part(current_setting('{_CENSUS_SETTING}'), '|', 2));"
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -158,11 +158,22 @@ async def test_reset_schema_equals_a_freshly_migrated_one(
     workspace: Workspace, tmp_path: Path, size: str
 ) -> None:
     folder = write_set(tmp_path / "migrations", *SETS[size])
+    await check_reset_equals_fresh(workspace, folder, dirty, snapshot)
+
+
+async def check_reset_equals_fresh(
+    workspace: Workspace,
+    folder: Path,
+    make_dirty: Callable[[str], Awaitable[None]],
+    take_snapshot: Callable[[asyncpg.Connection, str], Awaitable[object]],
+) -> None:
+    """Dirty a schema, reset it, and compare it with one freshly migrated file by file."""
     sets = (MigrationSet("bench", folder),)
     slot = await workspace.acquire(sets)
     name = slot.schema.name
-    await dirty(slot.schema.dsn)
+    await make_dirty(slot.schema.dsn)
     await workspace.release(slot)
+    assert workspace.stats.reset_failed == 0, workspace.stats.reset_cause
     again = await workspace.acquire(sets)
     assert again.schema.name == name, "a schema without DDL changes is reset, not replaced"
 
@@ -170,7 +181,7 @@ async def test_reset_schema_equals_a_freshly_migrated_one(
     ref = await reference(dsn, folder)
     conn = await asyncpg.connect(dsn)
     try:
-        assert await snapshot(conn, name) == await snapshot(conn, ref)
+        assert await take_snapshot(conn, name) == await take_snapshot(conn, ref)
         assert dump_schema(dsn, name) == dump_schema(dsn, ref)
     finally:
         await conn.execute(f'DROP SCHEMA "{ref}" CASCADE')
@@ -233,27 +244,13 @@ async def test_reset_restores_seed_rows_of_types_of_its_own(
     """Enums, domains, composite and range types, arrays of them, identity and generated
     columns, a partitioned table and a materialized view: a reset schema equals a fresh one."""
     folder = write_typed_set(tmp_path / "migrations")
-    sets = (MigrationSet("bench", folder),)
-    slot = await workspace.acquire(sets)
-    name = slot.schema.name
-    conn = await asyncpg.connect(slot.schema.dsn)
+    await check_reset_equals_fresh(workspace, folder, dirty_typed, rows_as_text)
+
+
+async def dirty_typed(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
     try:
         for statement in DIRTY_SQL:
             await conn.execute(statement)
     finally:
         await conn.close()
-    await workspace.release(slot)
-    assert workspace.stats.reset_failed == 0, workspace.stats.reset_cause
-    again = await workspace.acquire(sets)
-    assert again.schema.name == name, "a schema without DDL changes is reset, not replaced"
-
-    dsn = workspace.admin_dsn
-    ref = await reference(dsn, folder)
-    conn = await asyncpg.connect(dsn)
-    try:
-        assert await rows_as_text(conn, name) == await rows_as_text(conn, ref)
-        assert dump_schema(dsn, name) == dump_schema(dsn, ref)
-    finally:
-        await conn.execute(f'DROP SCHEMA "{ref}" CASCADE')
-        await conn.close()
-    await workspace.release(again)

@@ -295,6 +295,12 @@ END $$;
 """,
 }
 ROLE = {"001_role.sql": "CREATE ROLE pgmig_test_app_role NOLOGIN;\n"}
+# unqualified, but the test's schema has no such table: search_path finds the user's
+UNQUALIFIED_ALTER = {"001_alter.sql": "ALTER TABLE existing_users ALTER COLUMN email SET NOT NULL;"}
+GRANT = {"001_grant.sql": "GRANT SELECT ON public.existing_users TO PUBLIC;"}
+FUNCTION = {
+    "001_function.sql": "CREATE FUNCTION public.answer() RETURNS int LANGUAGE sql AS 'SELECT 42';"
+}
 
 OUTSIDE_CASES = {
     "pg_dump": (PG_DUMP, "001_baseline.sql", "table public.actor (created or altered)"),
@@ -305,6 +311,13 @@ OUTSIDE_CASES = {
     "drop": (DROPS, "002_drop.sql", "in schema public (dropped)"),
     "subtransaction": (SUBTRANSACTION, "001_core.sql", "type public.mood"),
     "role": (ROLE, "001_role.sql", "role pgmig_test_app_role (created)"),
+    "unqualified-alter": (
+        UNQUALIFIED_ALTER,
+        "001_alter.sql",
+        "table public.existing_users (altered)",
+    ),
+    "grant": (GRANT, "001_grant.sql", "table public.existing_users"),
+    "function": (FUNCTION, "001_function.sql", "function public.answer() (created or altered)"),
 }
 
 

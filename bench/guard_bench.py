@@ -1,0 +1,92 @@
+"""What checking for writes outside the schema adds to migrating a set (not a test).
+
+    .venv/bin/python bench/guard_bench.py [--tables 10 50 350] [--repeats 5]
+
+Uses the server of PGMIG_DSN, else starts a throwaway local one. For each generated set
+(T tables over T+1 files, the suite bench's shape), migrates fresh schemas alternately with and
+without the check, and prints the medians side by side and the cost per file. The check runs
+the first time a process migrates a set, never per test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from uuid import uuid4
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from migration_sets import migration_files
+
+from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager, registry
+from pytest_pgmig.migrations import ApplyOptions
+from pytest_pgmig.schemas import OneConnectionPool
+from pytest_pgmig.server import start_server
+
+
+async def migrate_once(conn: asyncpg.Connection, folder: Path, guarded: bool) -> float:
+    name = f"guard_{uuid4().hex[:10]}"
+    await conn.execute(f'CREATE SCHEMA "{name}"')
+    try:
+        db = AsyncDatabaseManager(pool=OneConnectionPool(conn), schema=name)
+        manager = AsyncMigrationManager(db, migrations_path=str(folder), module_name=name)
+        manager.options = ApplyOptions(skip_extensions=True, guard=name if guarded else None)
+        started = time.perf_counter()
+        await manager.migrate()
+        return time.perf_counter() - started
+    finally:
+        await conn.execute("RESET ALL")
+        await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+async def run(dsn: str, tables: list[int], repeats: int) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await registry.install(conn, own_server=False)
+        print(f"{'set':<22}{'plain ms':>10}{'checked ms':>12}{'ratio':>8}{'ms/file':>9}")
+        for count in tables:
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp)
+                files = migration_files(count, count + 1, seed=True)
+                for filename, text in files:
+                    (folder / filename).write_text(text)
+                times: dict[bool, list[float]] = {False: [], True: []}
+                for _ in range(repeats):
+                    for guarded in (False, True):
+                        times[guarded].append(await migrate_once(conn, folder, guarded))
+                plain = statistics.median(times[False]) * 1000
+                checked = statistics.median(times[True]) * 1000
+                label = f"T={count}, {len(files)} files"
+                print(
+                    f"{label:<22}{plain:>10.0f}{checked:>12.0f}{checked / plain:>8.2f}"
+                    f"{(checked - plain) / len(files):>9.2f}"
+                )
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tables", type=int, nargs="+", default=[10, 50, 350])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    dsn = os.environ.get("PGMIG_DSN")
+    handle = None if dsn else start_server(requested="local", max_connections=200)
+    try:
+        asyncio.run(run(dsn or handle.info.dsn, args.tables, args.repeats))  # type: ignore[union-attr]
+    finally:
+        if handle is not None:
+            handle.stop()
+
+
+if __name__ == "__main__":
+    main()
