@@ -65,6 +65,8 @@ BEGIN
         -- sequences do not roll back: their values, to be set back
         UNION ALL SELECT 'seq:' || c.oid, coalesce(pg_sequence_last_value(c.oid), -1)
             FROM pg_class c WHERE c.relkind = 'S' AND c.relnamespace <> ALL (skip)
+            -- (what the role may not read it may not advance either)
+            AND CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(c.oid, 'SELECT, USAGE') END
     ) AS census);
 END
 $census$;

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from plugin_support import make_project, sql
+from plugin_support import make_project, sql, write_migrations
 from reliability_support import pg_dump, text_of
 from typed_set import DIRTY_SQL, TYPED_FILES
 
@@ -581,3 +581,43 @@ def test_users_private_run_base_is_a_clear_error_not_a_chmod(
     text = text_of(result)
     assert f"PGMIG_RUN_BASE {users_folder} has mode 700" in text and "chmod go+x" in text
     assert users_folder.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.fixture
+def owner_dsn(server_dsn: str) -> Iterator[tuple[str, str]]:
+    """A role without superuser owning a database, which holds a table of another role's.
+
+    Gives that role's DSN and the admin's DSN on the same database.
+    """
+    name = f"own_{uuid.uuid4().hex[:8]}"
+    sql(server_dsn, f'CREATE ROLE "{name}" LOGIN')
+    sql(server_dsn, f'CREATE DATABASE "{name}" OWNER "{name}"')
+    admin_there = server_dsn.replace("@/postgres?", f"@/{name}?")
+    sql(admin_there, "CREATE TABLE public.admins_only (id serial PRIMARY KEY)")
+    try:
+        owner = server_dsn.replace(
+            "postgresql://postgres@/postgres?", f"postgresql://{name}@/{name}?"
+        )
+        yield owner, admin_there
+    finally:
+        sql(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)')
+        sql(server_dsn, f'DROP ROLE "{name}"')
+
+
+def test_a_role_without_superuser_gets_extensions_and_the_check(
+    pytester: pytest.Pytester, owner_dsn: tuple[str, str]
+) -> None:
+    """Trusted extensions as the database's owner; a sequence it may not read does not matter."""
+    owner_dsn, admin_dsn = owner_dsn
+    make_project(pytester, EXTENSION_TESTS, files=EXTENSION_FILES)
+    result = pytester.runpytest("--pgmig-migrations=migrations", f"--pgmig-dsn={owner_dsn}")
+    result.assert_outcomes(passed=20)
+    write_migrations(pytester.path, PG_DUMP, "dump_migrations")
+    pytester.makepyfile(test_dump="def test_a(pgmig_schema): pass\n")
+    before = pg_dump(admin_dsn)
+    result = pytester.runpytest(
+        "test_dump.py", "--pgmig-migrations=dump_migrations", f"--pgmig-dsn={owner_dsn}"
+    )
+    result.assert_outcomes(failed=1)
+    assert "writes outside the schema it migrates" in text_of(result)
+    assert pg_dump(admin_dsn) == before
