@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/engine_bench.py [--files 200] [--repeats 7]
 
-Uses the server of PGMIG_DSN, else starts a throwaway local one (pytest_pgmig.server).
+Uses the server of PGMIG_DSN, else starts a throwaway local one (pytest_pgmig.servers.server).
 Prints, side by side and as medians of the repeats:
   - applying N generated migrations to a fresh schema: our engine vs `psql -f` of the same
     SQL concatenated (each in a fresh schema, search_path set the same way);
@@ -28,8 +28,8 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager
-from pytest_pgmig.dsn import redact, with_search_path
-from pytest_pgmig.server import start_server
+from pytest_pgmig.servers.dsn import redact, with_search_path
+from pytest_pgmig.servers.server import start_server
 
 
 def migration(n: int) -> str:

@@ -27,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from migration_sets import migration_files
 
-from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager, registry
-from pytest_pgmig.migrations import ApplyOptions
-from pytest_pgmig.schemas import OneConnectionPool
-from pytest_pgmig.server import start_server
+from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager
+from pytest_pgmig.engine.migrations import ApplyOptions
+from pytest_pgmig.isolation import registry
+from pytest_pgmig.isolation.schemas import OneConnectionPool
+from pytest_pgmig.servers.server import start_server
 
 
 async def migrate_once(conn: asyncpg.Connection, folder: Path, guarded: bool) -> float:

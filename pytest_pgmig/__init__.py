@@ -17,17 +17,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from pytest_pgmig.database import AsyncDatabaseManager, DatabaseConfig
+    from pytest_pgmig.engine.database import AsyncDatabaseManager, DatabaseConfig
+    from pytest_pgmig.engine.migrations import AsyncMigrationManager, Migration
     from pytest_pgmig.errors import MigrationError
-    from pytest_pgmig.migrations import AsyncMigrationManager, Migration
 
 # The pytest11 entry point imports this package in every pytest run, including runs that use
 # no pgmig fixture, so the engine (and asyncpg) is imported only when a name is first used.
 _LAZY = {
-    "AsyncDatabaseManager": "pytest_pgmig.database",
-    "DatabaseConfig": "pytest_pgmig.database",
-    "AsyncMigrationManager": "pytest_pgmig.migrations",
-    "Migration": "pytest_pgmig.migrations",
+    "AsyncDatabaseManager": "pytest_pgmig.engine.database",
+    "DatabaseConfig": "pytest_pgmig.engine.database",
+    "AsyncMigrationManager": "pytest_pgmig.engine.migrations",
+    "Migration": "pytest_pgmig.engine.migrations",
     "MigrationError": "pytest_pgmig.errors",
 }
 

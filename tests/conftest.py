@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from plugin_support import REAL_CACHE, run_dirs
 
-from pytest_pgmig import embedded
+from pytest_pgmig.servers import embedded
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +20,7 @@ def server_dsn() -> Iterator[str]:
     Inner runs given `--pgmig-dsn` skip the server start-up; the plugin's registry keeps
     concurrent runs on one server apart.
     """
-    from pytest_pgmig.server import start_server
+    from pytest_pgmig.servers.server import start_server
 
     handle = start_server(requested="local", max_connections=200)
     try:

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from pytest_pgmig.database import AsyncDatabaseManager, DatabaseConfig
+from pytest_pgmig.engine.database import AsyncDatabaseManager, DatabaseConfig
 
 
 @pytest.fixture

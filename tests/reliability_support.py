@@ -20,8 +20,8 @@ from urllib.parse import quote
 import pytest
 from plugin_support import sql
 
-from pytest_pgmig import embedded
-from pytest_pgmig.server import ServerHandle, start_server
+from pytest_pgmig.servers import embedded
+from pytest_pgmig.servers.server import ServerHandle, start_server
 
 needs_binaries = pytest.mark.skipif(
     embedded.find_bindir() is None, reason="no local PostgreSQL server binaries"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pytest_pgmig import embedded
+from pytest_pgmig.servers import embedded
 
 
 @contextmanager

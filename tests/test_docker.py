@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_pgmig import server
+from pytest_pgmig.servers import server
 
 
 def test_docker_server_starts_probes_and_stops() -> None:

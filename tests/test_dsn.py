@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from pytest_pgmig.dsn import (
+from pytest_pgmig.servers.dsn import (
     DsnParts,
     normalize,
     parse,

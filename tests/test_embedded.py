@@ -17,8 +17,8 @@ import asyncpg
 import pytest
 from server_support import short_base
 
-from pytest_pgmig import embedded
-from pytest_pgmig.dsn import socket_dsn
+from pytest_pgmig.servers import embedded
+from pytest_pgmig.servers.dsn import socket_dsn
 
 pytestmark = pytest.mark.skipif(
     embedded.find_bindir() is None, reason="no local PostgreSQL server binaries"
@@ -146,7 +146,7 @@ def test_stop_survives_an_interrupted_first_attempt(base: Path) -> None:
 START_AND_VANISH = """
 import os, sys
 from pathlib import Path
-from pytest_pgmig import embedded
+from pytest_pgmig.servers import embedded
 cluster = embedded.start_cluster(base=Path(sys.argv[1]))
 print(cluster.run_dir, cluster.pid, flush=True)
 os._exit(0)  # no atexit, no stop: the postmaster and its folder are left behind

@@ -11,7 +11,7 @@ import pytest
 from engine_support import admin_dsn, db, schema, write  # noqa: F401
 
 from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager, DatabaseConfig, MigrationError
-from pytest_pgmig.files import checksum
+from pytest_pgmig.engine.files import checksum
 
 pytestmark = pytest.mark.asyncio
 

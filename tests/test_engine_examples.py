@@ -26,7 +26,7 @@ from pytest_pgmig import (
     Migration,
     MigrationError,
 )
-from pytest_pgmig.dsn import with_search_path
+from pytest_pgmig.servers.dsn import with_search_path
 
 pytestmark = pytest.mark.asyncio
 

@@ -13,7 +13,7 @@ import pytest_asyncio
 from engine_support import admin_dsn, db, schema, write  # noqa: F401
 
 from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager
-from pytest_pgmig.files import checksum
+from pytest_pgmig.engine.files import checksum
 
 pgdbm = pytest.importorskip("pgdbm")
 pgdbm_migrations = pytest.importorskip("pgdbm.migrations")

@@ -14,10 +14,10 @@ import pytest
 import pytest_asyncio
 
 from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager
-from pytest_pgmig.embedded import find_bindir
-from pytest_pgmig.schemas import OneConnectionPool, Workspace
-from pytest_pgmig.server import ServerInfo
-from pytest_pgmig.settings import MigrationSet
+from pytest_pgmig.isolation.schemas import OneConnectionPool, Workspace
+from pytest_pgmig.plugin.settings import MigrationSet
+from pytest_pgmig.servers.embedded import find_bindir
+from pytest_pgmig.servers.server import ServerInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from migration_sets import migration_files

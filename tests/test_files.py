@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_pgmig.engine.files import checksum, load_migrations, parse_version
 from pytest_pgmig.errors import MigrationError
-from pytest_pgmig.files import checksum, load_migrations, parse_version
 
 
 def write(folder: Path, files: dict[str, str | bytes]) -> Path:

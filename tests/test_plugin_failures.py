@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from plugin_support import MIGRATIONS, make_project, write_migrations
 
-from pytest_pgmig.settings import default_module
+from pytest_pgmig.plugin.settings import default_module
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 

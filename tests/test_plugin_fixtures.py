@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from plugin_support import make_project, schemas_like, write_migrations
 
-from pytest_pgmig.settings import default_module
+from pytest_pgmig.plugin.settings import default_module
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 

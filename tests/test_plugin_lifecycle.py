@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from plugin_support import make_project, schemas_like, sql
 
-from pytest_pgmig import embedded
+from pytest_pgmig.servers import embedded
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("clean_env")
 @pytest.fixture(scope="module")
 def own_dsn() -> Iterator[str]:
     """A server of this module's own: no other test's run reaps or creates schemas on it."""
-    from pytest_pgmig.server import start_server
+    from pytest_pgmig.servers.server import start_server
 
     handle = start_server(requested="local")
     try:

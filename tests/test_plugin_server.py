@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from plugin_support import RUN_DIR, make_project, run_dirs
 
-from pytest_pgmig import embedded
+from pytest_pgmig.servers import embedded
 
 pytestmark = [
     pytest.mark.usefixtures("clean_env"),

@@ -19,7 +19,7 @@ from reliability_support import (
     usage_error,
 )
 
-from pytest_pgmig import server
+from pytest_pgmig.servers import server
 
 pytestmark = [pytest.mark.usefixtures("clean_env"), needs_binaries]
 

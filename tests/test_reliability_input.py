@@ -19,7 +19,7 @@ import pytest
 from plugin_support import INI_ASYNC, MIGRATIONS, make_project, run_dirs, sql, write_migrations
 from reliability_support import objects, pgmig_schemas, registered, text_of, usage_error
 
-from pytest_pgmig import embedded
+from pytest_pgmig.servers import embedded
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,8 +19,8 @@ import asyncpg
 import pytest
 from server_support import short_base
 
-from pytest_pgmig import embedded, server
-from pytest_pgmig.server import ServerError, ServerHandle
+from pytest_pgmig.servers import embedded, server
+from pytest_pgmig.servers.server import ServerError, ServerHandle
 
 pytestmark = pytest.mark.skipif(
     embedded.find_bindir() is None, reason="no local PostgreSQL server binaries"
@@ -192,7 +192,7 @@ def test_local_server_info(local: ServerHandle) -> None:
 
 MEMBER = """
 import json, sys
-from pytest_pgmig import server
+from pytest_pgmig.servers import server
 info = server.acquire_shared(sys.argv[1], server.start_local)
 print(json.dumps(info.to_dict()), flush=True)
 command = sys.stdin.readline().strip()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_pgmig.embedded import BINARIES, EmbeddedError, bindir_candidates, find_bindir
-from pytest_pgmig.server import ServerError, ServerInfo, _version_tuple, choose_source
+from pytest_pgmig.servers.embedded import BINARIES, EmbeddedError, bindir_candidates, find_bindir
+from pytest_pgmig.servers.server import ServerError, ServerInfo, _version_tuple, choose_source
 
 BINDIR = Path("/opt/pg/16/bin")
 DSN = "postgresql://app:s3cr@t/@db:5432/app"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_pgmig.sqltext import ScanError, analyze, excerpt, line_of, split
+from pytest_pgmig.engine.sqltext import ScanError, analyze, excerpt, line_of, split
 
 
 def texts(sql: str) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_pgmig.templates import TemplateError, render, render_with_map, source_index
+from pytest_pgmig.engine.templates import TemplateError, render, render_with_map, source_index
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from pytest_pgmig.templates import quote_identifier, render, sql_literal, validate_identifier
+from pytest_pgmig.engine.templates import quote_identifier, render, sql_literal, validate_identifier
 
 # asyncpg ships no type information; these aliases say what is meant.
 Connection = Any

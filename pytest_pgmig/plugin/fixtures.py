@@ -13,10 +13,10 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 import pytest_asyncio
 
-from pytest_pgmig import settings
-from pytest_pgmig.schemas import MigrationFailed, OneConnectionPool, PgmigSchema, Slot
-from pytest_pgmig.server import ServerInfo
-from pytest_pgmig.state import KEPT, SCHEMA, PgmigState, PgmigWarning, fail_test, state_of
+from pytest_pgmig.isolation.schemas import MigrationFailed, OneConnectionPool, PgmigSchema, Slot
+from pytest_pgmig.plugin import settings
+from pytest_pgmig.plugin.state import KEPT, SCHEMA, PgmigState, PgmigWarning, fail_test, state_of
+from pytest_pgmig.servers.server import ServerInfo
 
 Sets = tuple[settings.MigrationSet, ...]
 # a test's connection to a dead or unreachable server fails in seconds, not asyncpg's 60
@@ -235,7 +235,7 @@ async def pgmig_db(pgmig_schema: PgmigSchema, pgmig_conn: Any) -> AsyncIterator[
     `{{tables.users}}` renders to `"<schema>".users`; its writes and pgmig_conn's are one
     session, so they see each other (and roll back together in worker scope).
     """
-    from pytest_pgmig.database import AsyncDatabaseManager
+    from pytest_pgmig.engine.database import AsyncDatabaseManager
 
     yield AsyncDatabaseManager(pool=OneConnectionPool(pgmig_conn), schema=pgmig_schema.name)
 
@@ -245,7 +245,7 @@ async def pgmig_migrations(
     request: pytest.FixtureRequest, pgmig_schema: PgmigSchema, pgmig_db: Any
 ) -> AsyncIterator[Any]:
     """The AsyncMigrationManager that migrated the schema (module_name=<lib>_<schema>)."""
-    from pytest_pgmig.migrations import AsyncMigrationManager
+    from pytest_pgmig.engine.migrations import AsyncMigrationManager
 
     sets, _ = _plan(request)
     if not sets:

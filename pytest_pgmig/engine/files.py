@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_pgmig.engine.sqltext import ScanError, ScriptPlan, analyze, excerpt, line_of
 from pytest_pgmig.errors import MigrationError
-from pytest_pgmig.sqltext import ScanError, ScriptPlan, analyze, excerpt, line_of
 
 ACCEPTED_PATTERNS = (
     "001_name.sql, V1__name.sql (Flyway, dotted versions such as V1.2__name.sql too), "
@@ -38,7 +38,7 @@ class MigrationFile:
     """One migration file, read and analysed.
 
     ``content`` is the file's text (BOM dropped, line endings turned to LF), ``checksum``
-    pgdbm's checksum of it and ``plan`` how to run it (see `pytest_pgmig.sqltext.analyze`).
+    pgdbm's checksum of it and ``plan`` how to run it (see `pytest_pgmig.engine.sqltext.analyze`).
     """
 
     filename: str

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from pytest_pgmig import lockfile, settings
-from pytest_pgmig.dsn import redact
-from pytest_pgmig.fixtures import (
+from pytest_pgmig.engine import lockfile
+from pytest_pgmig.plugin import settings
+from pytest_pgmig.plugin.fixtures import (
     pgmig_conn,
     pgmig_db,
     pgmig_dsn,
@@ -22,8 +22,9 @@ from pytest_pgmig.fixtures import (
     pgmig_schema,
     pgmig_server,
 )
-from pytest_pgmig.server import ServerInfo
-from pytest_pgmig.state import KEPT, SCHEMA, STATE, PgmigState
+from pytest_pgmig.plugin.state import KEPT, SCHEMA, STATE, PgmigState
+from pytest_pgmig.servers.dsn import redact
+from pytest_pgmig.servers.server import ServerInfo
 
 __all__ = [
     "pgmig_conn",
@@ -209,7 +210,7 @@ def _local_plan(requested: str) -> str:
     """What the embedded server will be, told before it starts (it starts on first use)."""
     if requested == "docker":
         return "Docker, started on first use"
-    from pytest_pgmig import embedded
+    from pytest_pgmig.servers import embedded
 
     try:
         bindir = embedded.find_bindir()
@@ -327,7 +328,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         return
     state.close()
     if not hasattr(config, "workerinput") and state.shared_key is not None and not state.stats.kept:
-        from pytest_pgmig import server as srv
+        from pytest_pgmig.servers import server as srv
 
         srv.reap_shared(state.shared_key)
 

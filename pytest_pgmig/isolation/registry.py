@@ -6,7 +6,7 @@ import random
 
 import asyncpg  # type: ignore[import-untyped]
 
-from pytest_pgmig.templates import quote_identifier as quote_ident
+from pytest_pgmig.engine.templates import quote_identifier as quote_ident
 
 REGISTRY = "pgmig_registry"
 # idle sessions a reset leaves on a schema: a connection kept across tests survives
@@ -197,7 +197,7 @@ async def install(conn: asyncpg.Connection, *, own_server: bool) -> None:
     On a server the plugin started itself (`own_server`) it also installs event triggers
     that log DDL on our schemas; a user's server never gets a database-wide trigger.
     """
-    from pytest_pgmig import guard
+    from pytest_pgmig.isolation import guard
 
     wanted = [*_SIGNATURES, *guard.SIGNATURES] + (["log_ddl_v1()"] if own_server else [])
     present = await conn.fetchval(

@@ -6,10 +6,10 @@ import re
 
 import asyncpg  # type: ignore[import-untyped]
 
+from pytest_pgmig.engine.sqltext import Statement
+from pytest_pgmig.engine.templates import sql_literal
 from pytest_pgmig.errors import MigrationError
-from pytest_pgmig.registry import REGISTRY
-from pytest_pgmig.sqltext import Statement
-from pytest_pgmig.templates import sql_literal
+from pytest_pgmig.isolation.registry import REGISTRY
 
 # the SQLSTATE outside_v1 raises: a write outside the migrated schema
 OUTSIDE = "PGM01"

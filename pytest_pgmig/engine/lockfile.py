@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_pgmig.engine.files import checksum, decode, read_bytes
 from pytest_pgmig.errors import MigrationError
-from pytest_pgmig.files import checksum, decode, read_bytes
 
 LOCK_NAME = "pgmig.lock"
 _HEADER = (

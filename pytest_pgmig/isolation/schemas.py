@@ -15,14 +15,14 @@ from urllib.parse import quote
 
 import asyncpg  # type: ignore[import-untyped]
 
-from pytest_pgmig import registry
-from pytest_pgmig.dsn import redact, with_search_path
+from pytest_pgmig.engine.files import load_migrations
+from pytest_pgmig.engine.templates import quote_identifier, sql_literal
 from pytest_pgmig.errors import MigrationError
-from pytest_pgmig.extensions import EXTENSION_SCHEMA, find_extensions
-from pytest_pgmig.extensions import install as install_extensions
-from pytest_pgmig.files import load_migrations
-from pytest_pgmig.settings import MigrationSet
-from pytest_pgmig.templates import quote_identifier, sql_literal
+from pytest_pgmig.isolation import registry
+from pytest_pgmig.isolation.extensions import EXTENSION_SCHEMA, find_extensions
+from pytest_pgmig.isolation.extensions import install as install_extensions
+from pytest_pgmig.plugin.settings import MigrationSet
+from pytest_pgmig.servers.dsn import redact, with_search_path
 
 TRACKING_TABLE = "schema_migrations"
 # how often a migration that met a concurrent session (deadlock, lock timeout, ...) is tried
@@ -583,8 +583,8 @@ class Workspace:
         The first time a set is migrated in this process, each of its files is checked for
         writes outside the schema; the set's extensions are installed first.
         """
-        from pytest_pgmig.database import AsyncDatabaseManager
-        from pytest_pgmig.migrations import ApplyOptions, AsyncMigrationManager
+        from pytest_pgmig.engine.database import AsyncDatabaseManager
+        from pytest_pgmig.engine.migrations import ApplyOptions, AsyncMigrationManager
 
         module_names: dict[str, str] = {}
         path: tuple[str, ...] = ()

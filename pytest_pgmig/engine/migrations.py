@@ -13,15 +13,13 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from pytest_pgmig import extensions, guard
-from pytest_pgmig.database import (
+from pytest_pgmig.engine.database import (
     AsyncDatabaseManager,
     Connection,
     create_schema_sql,
     run_locked_ddl,
 )
-from pytest_pgmig.errors import MigrationError
-from pytest_pgmig.files import (
+from pytest_pgmig.engine.files import (
     MigrationFile,
     fingerprint,
     load_migrations,
@@ -29,8 +27,8 @@ from pytest_pgmig.files import (
     plan_for,
     version_key,
 )
-from pytest_pgmig.sqltext import ScanError, ScriptPlan, analyze, excerpt, line_of
-from pytest_pgmig.templates import (
+from pytest_pgmig.engine.sqltext import ScanError, ScriptPlan, analyze, excerpt, line_of
+from pytest_pgmig.engine.templates import (
     TemplateError,
     quote_identifier,
     render,
@@ -39,6 +37,8 @@ from pytest_pgmig.templates import (
     sql_literal,
     validate_identifier,
 )
+from pytest_pgmig.errors import MigrationError
+from pytest_pgmig.isolation import extensions, guard
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class ApplyOptions:
     ``search_path``: the schemas after the manager's own while a file runs.
     ``skip_extensions``: ``CREATE EXTENSION`` statements are left out (the caller installs
     the extensions once per database). ``guard``: the schema whose transaction is checked
-    for writes outside it (`pytest_pgmig.guard`), or ``None``.
+    for writes outside it (`pytest_pgmig.isolation.guard`), or ``None``.
     """
 
     search_path: tuple[str, ...] = ("public",)

@@ -10,10 +10,10 @@ from typing import Any, NoReturn
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from pytest_pgmig import settings
-from pytest_pgmig.dsn import scrub
-from pytest_pgmig.schemas import Stats, Workspace
-from pytest_pgmig.server import ServerError, ServerHandle, ServerInfo
+from pytest_pgmig.isolation.schemas import Stats, Workspace
+from pytest_pgmig.plugin import settings
+from pytest_pgmig.servers.dsn import scrub
+from pytest_pgmig.servers.server import ServerError, ServerHandle, ServerInfo
 
 # The embedded server serves every xdist worker at once: leave room for each worker's
 # control connection, pools and the test's own connections.
@@ -94,7 +94,7 @@ class PgmigState:
             fail_test(self.server_error)
         if self.info is not None:
             return self.info
-        from pytest_pgmig import server as srv
+        from pytest_pgmig.servers import server as srv
 
         opts = self.settings
 
@@ -167,7 +167,7 @@ class PgmigState:
         keep_server = (
             bool(self.stats.kept) and self.info is not None and self.info.source == "local"
         )
-        from pytest_pgmig import server as srv
+        from pytest_pgmig.servers import server as srv
 
         if self.shared_key is not None:
             # a kept schema needs its server: the last process out then leaves it running

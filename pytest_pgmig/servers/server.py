@@ -20,8 +20,8 @@ from urllib.parse import quote
 
 from filelock import FileLock
 
-from pytest_pgmig import embedded
-from pytest_pgmig.dsn import DsnParts, normalize, parse, redact, scrub, socket_dsn
+from pytest_pgmig.servers import embedded
+from pytest_pgmig.servers.dsn import DsnParts, normalize, parse, redact, scrub, socket_dsn
 
 __all__ = [
     "MIN_VERSION",
@@ -448,7 +448,7 @@ def start_docker(*, max_connections: int = 100, image: str | None = None) -> Ser
 
 
 def start_local(*, bindir: Path | None = None, max_connections: int = 100) -> ServerHandle:
-    """Start the embedded server from local binaries (see :mod:`pytest_pgmig.embedded`)."""
+    """Start the embedded server from local binaries (see :mod:`pytest_pgmig.servers.embedded`)."""
     try:
         cluster = embedded.start_cluster(bindir=bindir, max_connections=max_connections)
     except embedded.EmbeddedError as exc:

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import asyncpg  # type: ignore[import-untyped]
 
+from pytest_pgmig.engine.sqltext import Statement, line_of
+from pytest_pgmig.engine.templates import quote_identifier, sql_literal
 from pytest_pgmig.errors import MigrationError
-from pytest_pgmig.sqltext import Statement, line_of
-from pytest_pgmig.templates import quote_identifier, sql_literal
 
 # Where an extension goes when the database does not have it yet: where production has it.
 EXTENSION_SCHEMA = "public"
@@ -124,7 +124,7 @@ async def install(conn: asyncpg.Connection, requests: Sequence[ExtensionRequest]
     once. Nothing is ever dropped. Raises `MigrationError` naming the file for an extension
     the server does not have, or one the role may not create.
     """
-    from pytest_pgmig.registry import LOCK_CLASS
+    from pytest_pgmig.isolation.registry import LOCK_CLASS
 
     names = sorted({r.name for r in requests})
     where = await _installed(conn, names)

@@ -1,0 +1,1 @@
+"""The migration engine: discovery, planning, applying and tracking; usable without pytest."""

@@ -1,0 +1,1 @@
+"""Isolation: throwaway schemas, the registry that owns them, and migrating sets into them."""

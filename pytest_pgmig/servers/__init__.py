@@ -1,0 +1,1 @@
+"""Where the PostgreSQL server comes from: a DSN, local binaries or Docker."""
