@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager
 from pytest_pgmig.servers.dsn import redact, with_search_path
-from pytest_pgmig.servers.server import start_server
+from pytest_pgmig.servers.sources import start_server
 
 
 def migration(n: int) -> str:

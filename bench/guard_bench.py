@@ -31,7 +31,7 @@ from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager
 from pytest_pgmig.engine.migrations import ApplyOptions
 from pytest_pgmig.isolation import registry
 from pytest_pgmig.isolation.schemas import OneConnectionPool
-from pytest_pgmig.servers.server import start_server
+from pytest_pgmig.servers.sources import start_server
 
 
 async def migrate_once(conn: asyncpg.Connection, folder: Path, guarded: bool) -> float:

@@ -21,7 +21,7 @@ def main() -> None:
         os.environ["PGMIG_INITDB_CACHE"] = "0"
     runs = int(args[0]) if args else 10
 
-    from pytest_pgmig.servers.server import start_server
+    from pytest_pgmig.servers.sources import start_server
 
     times, cpu_times = [], []
     for i in range(runs):

@@ -36,7 +36,7 @@ from pathlib import Path
 import psycopg
 from migration_sets import migration_files
 
-from pytest_pgmig.servers.server import start_local
+from pytest_pgmig.servers.sources import start_local
 
 ROOT = Path(__file__).resolve().parent.parent
 

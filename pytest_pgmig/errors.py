@@ -1,9 +1,13 @@
-"""The one exception the migration engine raises: MigrationError."""
+"""pytest-pgmig's exceptions: one hierarchy under PgmigError, each message final user text."""
 
 from __future__ import annotations
 
 
-class MigrationError(Exception):
+class PgmigError(Exception):
+    """Base of every error pytest-pgmig raises; its message says what failed and the fix."""
+
+
+class MigrationError(PgmigError):
     """A migration could not be found, read, checked or applied.
 
     ``str(error)`` is the whole message, ending with what to do next. The parts are
@@ -63,3 +67,15 @@ class MigrationError(Exception):
             "line": self.line,
         }
         return {key: value for key, value in fields.items() if value is not None}
+
+
+class ServerError(PgmigError):
+    """The server could not be chosen, started or reached.
+
+    The message is final, user-facing text: what failed, where (host, port, database), the
+    cause and how to fix it. It never contains a password.
+    """
+
+
+class EmbeddedError(ServerError):
+    """The local cluster could not be created or started; the message says why and what to do."""

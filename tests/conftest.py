@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from plugin_support import REAL_CACHE, run_dirs
 
-from pytest_pgmig.servers import embedded
+from pytest_pgmig.servers import runfolders
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +20,7 @@ def server_dsn() -> Iterator[str]:
     Inner runs given `--pgmig-dsn` skip the server start-up; the plugin's registry keeps
     concurrent runs on one server apart.
     """
-    from pytest_pgmig.servers.server import start_server
+    from pytest_pgmig.servers.sources import start_server
 
     handle = start_server(requested="local", max_connections=200)
     try:
@@ -41,8 +41,8 @@ def run_base(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
         yield folder
     finally:
         for entry in run_dirs(folder):
-            embedded.stop_run_dir(entry)
-        embedded.remove_tree(folder)
+            runfolders.stop_run_dir(entry)
+        runfolders.remove_tree(folder)
 
 
 @pytest.fixture

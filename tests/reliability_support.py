@@ -20,11 +20,12 @@ from urllib.parse import quote
 import pytest
 from plugin_support import sql
 
-from pytest_pgmig.servers import embedded
-from pytest_pgmig.servers.server import ServerHandle, start_server
+from pytest_pgmig.servers import binaries, runfolders
+from pytest_pgmig.servers.info import ServerHandle
+from pytest_pgmig.servers.sources import start_server
 
 needs_binaries = pytest.mark.skipif(
-    embedded.find_bindir() is None, reason="no local PostgreSQL server binaries"
+    binaries.find_bindir() is None, reason="no local PostgreSQL server binaries"
 )
 
 # The plugin's own schema: the one thing a run may leave on a user's server.
@@ -83,7 +84,7 @@ def objects(dsn: str) -> set[tuple[str, str]]:
 
 def tool(name: str) -> str:
     """A PostgreSQL client program from the server's binaries (pg_dump, psql)."""
-    bindir = embedded.find_bindir()
+    bindir = binaries.find_bindir()
     path = bindir / name if bindir is not None else None
     if path is None or not path.exists():
         found = shutil.which(name)
@@ -223,14 +224,14 @@ class TcpCluster:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        embedded.remove_tree(self.base)
+        runfolders.remove_tree(self.base)
 
 
 def start_tcp_cluster() -> TcpCluster:
     """initdb and start a cluster as the cluster account (root hands it to `postgres`)."""
-    bindir = embedded.find_bindir()
+    bindir = binaries.find_bindir()
     assert bindir is not None
-    account = embedded.cluster_account()
+    account = binaries.cluster_account()
     ids = dict(user=account.uid, group=account.gid, extra_groups=[]) if account else {}
     base = Path(tempfile.mkdtemp(prefix="pgr-", dir="/tmp"))
     os.chmod(base, 0o711)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pytest_pgmig.servers import embedded
+from pytest_pgmig.servers import runfolders
 
 
 @contextmanager
@@ -24,5 +24,5 @@ def short_base() -> Iterator[Path]:
     finally:
         if folder.exists():
             for entry in folder.glob("*"):
-                embedded.stop_run_dir(entry)
-        embedded.remove_tree(folder)
+                runfolders.stop_run_dir(entry)
+        runfolders.remove_tree(folder)

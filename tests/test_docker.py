@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_pgmig.servers import server
+from pytest_pgmig import errors
+from pytest_pgmig.servers import docker, probe, sources
 
 
 def test_docker_server_starts_probes_and_stops() -> None:
-    if not server.docker_available():
+    if not docker.docker_available():
         pytest.skip("no Docker engine answers (docker info fails) or the docker extra is missing")
-    handle = server.start_server(requested="docker", max_connections=50)
+    handle = sources.start_server(requested="docker", max_connections=50)
     try:
         info = handle.info
         assert info.source == "docker"
-        assert info.version >= server.MIN_VERSION
-        assert server.probe(info.dsn) == info.version
+        assert info.version >= info.MIN_VERSION
+        assert probe.probe(info.dsn) == info.version
         password = info.dsn.split("@")[0].rsplit(":", 1)[1]
         assert password not in repr(info) and password not in str(info)
     finally:
         handle.stop()
-    with pytest.raises(server.ServerError):
-        server.probe(info.dsn, timeout=2)
+    with pytest.raises(errors.ServerError):
+        probe.probe(info.dsn, timeout=2)
 
 
 def test_docker_absent_is_reported_quickly() -> None:
-    if server.docker_available():
+    if docker.docker_available():
         pytest.skip("a Docker engine answers here")
-    with pytest.raises(server.ServerError, match="no Docker engine answers"):
-        server.start_server(requested="docker")
+    with pytest.raises(errors.ServerError, match="no Docker engine answers"):
+        sources.start_server(requested="docker")

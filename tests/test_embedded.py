@@ -17,11 +17,11 @@ import asyncpg
 import pytest
 from server_support import short_base
 
-from pytest_pgmig.servers import embedded
+from pytest_pgmig.servers import binaries, embedded, runfolders
 from pytest_pgmig.servers.dsn import socket_dsn
 
 pytestmark = pytest.mark.skipif(
-    embedded.find_bindir() is None, reason="no local PostgreSQL server binaries"
+    binaries.find_bindir() is None, reason="no local PostgreSQL server binaries"
 )
 
 
@@ -60,7 +60,7 @@ def fetch(dsn: str, sql: str) -> object:
 def expected_uid() -> int:
     if os.geteuid() != 0:
         return os.geteuid()
-    account = embedded.cluster_account()
+    account = binaries.cluster_account()
     assert account is not None
     return account.uid
 
@@ -128,7 +128,7 @@ def test_stop_deletes_the_folder_and_is_idempotent(base: Path) -> None:
     segments = {Path(line.split()[-1]) for line in maps.splitlines() if "/dev/shm/" in line}
     cluster.stop()
     assert not cluster.run_dir.exists()
-    assert not embedded.pid_alive(pid)
+    assert not runfolders.pid_alive(pid)
     assert not [segment for segment in segments if segment.exists()]  # no /dev/shm leftovers
     cluster.stop()
     assert not base.exists() or not any(base.iterdir())
@@ -146,7 +146,9 @@ def test_stop_survives_an_interrupted_first_attempt(base: Path) -> None:
 START_AND_VANISH = """
 import os, sys
 from pathlib import Path
+from pytest_pgmig.servers import binaries
 from pytest_pgmig.servers import embedded
+from pytest_pgmig.servers import runfolders
 cluster = embedded.start_cluster(base=Path(sys.argv[1]))
 print(cluster.run_dir, cluster.pid, flush=True)
 os._exit(0)  # no atexit, no stop: the postmaster and its folder are left behind
@@ -168,7 +170,7 @@ def start_and_vanish(base: Path) -> tuple[Path, int]:
 
 def test_next_start_reaps_runs_whose_process_is_gone(base: Path) -> None:
     dead_run, postmaster = start_and_vanish(base)
-    assert embedded.pid_alive(postmaster)
+    assert runfolders.pid_alive(postmaster)
     live = embedded.start_cluster(base=base)
     try:
         # A folder of a dead run without a postmaster, and an old unrelated file.
@@ -183,11 +185,11 @@ def test_next_start_reaps_runs_whose_process_is_gone(base: Path) -> None:
         try:
             assert not dead_run.exists()
             deadline = time.monotonic() + 5
-            while embedded.pid_alive(postmaster) and time.monotonic() < deadline:
+            while runfolders.pid_alive(postmaster) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert not embedded.pid_alive(postmaster)
+            assert not runfolders.pid_alive(postmaster)
             assert not crashed.exists()
-            assert live.run_dir.is_dir() and embedded.pid_alive(live.pid)
+            assert live.run_dir.is_dir() and runfolders.pid_alive(live.pid)
             assert fetch(dsn_of(live), "SELECT 1") == 1
             assert unrelated.exists()
         finally:
@@ -199,11 +201,11 @@ def test_next_start_reaps_runs_whose_process_is_gone(base: Path) -> None:
 def test_a_folder_being_created_is_not_reaped(base: Path) -> None:
     young = base / "12345-0badf00d"
     young.mkdir()
-    assert embedded.reap_stale(base) == []
+    assert runfolders.reap_stale(base) == []
     assert young.exists()
     old = time.time() - 120
     os.utime(young, (old, old))
-    assert embedded.reap_stale(base) == [young]
+    assert runfolders.reap_stale(base) == [young]
 
 
 def test_without_the_initdb_cache(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,8 +16,8 @@ import pytest_asyncio
 from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager
 from pytest_pgmig.isolation.schemas import OneConnectionPool, Workspace
 from pytest_pgmig.plugin.settings import MigrationSet
-from pytest_pgmig.servers.embedded import find_bindir
-from pytest_pgmig.servers.server import ServerInfo
+from pytest_pgmig.servers.binaries import find_bindir
+from pytest_pgmig.servers.info import ServerInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from migration_sets import migration_files

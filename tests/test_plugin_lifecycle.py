@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from plugin_support import make_project, schemas_like, sql
 
-from pytest_pgmig.servers import embedded
+from pytest_pgmig.servers import binaries
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("clean_env")
 @pytest.fixture(scope="module")
 def own_dsn() -> Iterator[str]:
     """A server of this module's own: no other test's run reaps or creates schemas on it."""
-    from pytest_pgmig.servers.server import start_server
+    from pytest_pgmig.servers.sources import start_server
 
     handle = start_server(requested="local")
     try:
@@ -96,7 +96,7 @@ def test_keep_keeps_only_the_failing_tests_schema(
         assert sql(psql_dsn, "SELECT current_schema(), array_agg(name ORDER BY id) FROM users") == [
             (kept, ["seed", "evidence"])
         ]
-        psql = embedded.find_bindir()
+        psql = binaries.find_bindir()
         if psql is not None and (psql / "psql").exists():
             out = subprocess.run(
                 [str(psql / "psql"), psql_dsn, "-Atc", "SELECT count(*) FROM users"],
@@ -250,7 +250,7 @@ def snapshot(dsn: str) -> dict[str, object]:
 
 
 def pg_dump(dsn: str) -> str | None:
-    bindir = embedded.find_bindir()
+    bindir = binaries.find_bindir()
     tool = bindir / "pg_dump" if bindir is not None else shutil.which("pg_dump")
     if tool is None or not Path(tool).exists():
         return None

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from plugin_support import RUN_DIR, make_project, run_dirs
 
-from pytest_pgmig.servers import embedded
+from pytest_pgmig.servers import binaries, runfolders
 
 pytestmark = [
     pytest.mark.usefixtures("clean_env"),
-    pytest.mark.skipif(embedded.find_bindir() is None, reason="no local PostgreSQL binaries"),
+    pytest.mark.skipif(binaries.find_bindir() is None, reason="no local PostgreSQL binaries"),
 ]
 
 # Each test records what it saw: its worker, the server, its schema and the run folders.
@@ -77,7 +77,7 @@ def test_run_folder_removed_after_the_run(
     assert len(seen["runs"]) == 1  # type: ignore[arg-type]
     assert run_dirs(run_base) == []
     assert not (run_base / seen["runs"][0]).exists()  # type: ignore[index]
-    assert not embedded.pid_alive(seen["pid"])  # type: ignore[arg-type]
+    assert not runfolders.pid_alive(seen["pid"])  # type: ignore[arg-type]
 
 
 def test_run_folder_removed_after_sigint(pytester: pytest.Pytester, run_base: Path) -> None:
@@ -116,7 +116,7 @@ def test_run_folder_removed_after_sigint(pytester: pytest.Pytester, run_base: Pa
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
     assert "KeyboardInterrupt" in output
     assert run_dirs(run_base) == []
-    assert not embedded.pid_alive(seen["pid"])  # type: ignore[arg-type]
+    assert not runfolders.pid_alive(seen["pid"])  # type: ignore[arg-type]
 
 
 XDIST_TESTS = """
@@ -174,4 +174,4 @@ def test_xdist_two_workers_share_one_server_never_a_schema(
         assert len(names) <= 1
     # the server and every folder of the run are gone
     assert not os.path.exists(run_base) or os.listdir(run_base) == []
-    assert not embedded.pid_alive(seen[0]["pid"])  # type: ignore[arg-type]
+    assert not runfolders.pid_alive(seen[0]["pid"])  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ import pytest
 from plugin_support import INI_ASYNC, MIGRATIONS, make_project, run_dirs, sql, write_migrations
 from reliability_support import objects, pgmig_schemas, registered, text_of, usage_error
 
-from pytest_pgmig.servers import embedded
+from pytest_pgmig.servers import runfolders
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,8 +113,8 @@ def open_project(tests: str) -> Iterator[Path]:
         yield project
     finally:
         for run in run_dirs(project / "run"):
-            embedded.stop_run_dir(run)
-        embedded.remove_tree(project)
+            runfolders.stop_run_dir(run)
+        runfolders.remove_tree(project)
 
 
 OTHER_SET = """

@@ -19,11 +19,12 @@ import asyncpg
 import pytest
 from server_support import short_base
 
-from pytest_pgmig.servers import embedded, server
-from pytest_pgmig.servers.server import ServerError, ServerHandle
+from pytest_pgmig.errors import ServerError
+from pytest_pgmig.servers import binaries, probe, runfolders, shared, sources
+from pytest_pgmig.servers.info import MIN_VERSION, ServerHandle, ServerInfo
 
 pytestmark = pytest.mark.skipif(
-    embedded.find_bindir() is None, reason="no local PostgreSQL server binaries"
+    binaries.find_bindir() is None, reason="no local PostgreSQL server binaries"
 )
 
 NASTY = "p@ss/w%rd:x?y"
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def local() -> Iterator[ServerHandle]:
     """An embedded server of our own: these tests change its pg_hba.conf."""
-    handle = server.start_local()
+    handle = sources.start_local()
     try:
         yield handle
     finally:
@@ -67,7 +68,7 @@ def unused_port() -> int:
 def probe_error(dsn: str, timeout: float = 5.0) -> tuple[str, float]:
     began = time.monotonic()
     with pytest.raises(ServerError) as info:
-        server.probe(dsn, timeout=timeout)
+        probe.probe(dsn, timeout=timeout)
     return str(info.value), time.monotonic() - began
 
 
@@ -77,26 +78,26 @@ def assert_no_secret(message: str, secret: str = NASTY) -> None:
 
 
 def test_probe_returns_the_version(local: ServerHandle) -> None:
-    version = server.probe(local.info.dsn)
+    version = probe.probe(local.info.dsn)
     assert version == local.info.version
-    assert version >= server.MIN_VERSION
+    assert version >= MIN_VERSION
     assert len(version) == 2
 
 
 def test_dsn_source_describes_the_given_server(local: ServerHandle) -> None:
     dsn = socket_url(local, "postgres", "postgres")
-    handle = server.start_server(dsn=dsn)
+    handle = sources.start_server(dsn=dsn)
     assert handle.info.source == "dsn"
     assert (handle.info.host, handle.info.port) == (local.info.host, local.info.port)
     assert handle.info.database == "postgres" and handle.info.user == "postgres"
     handle.stop()
     handle.stop()
-    assert server.probe(local.info.dsn)  # stopping a borrowed server does nothing
+    assert probe.probe(local.info.dsn)  # stopping a borrowed server does nothing
 
 
 def test_dsn_with_explicit_local_is_a_usage_error(local: ServerHandle) -> None:
     with pytest.raises(ServerError, match="Unset one of them"):
-        server.start_server(requested="local", dsn=local.info.dsn)
+        sources.start_server(requested="local", dsn=local.info.dsn)
 
 
 def test_refused_tcp_port() -> None:
@@ -166,15 +167,15 @@ def test_bad_password(local: ServerHandle, password_role: str) -> None:
     assert "'postgres'" in message and local.info.host in message
     assert_no_secret(message, wrong)
     # The right password works even written unencoded, and the info keeps no raw secret.
-    handle = server.start_server(dsn=socket_url(local, password_role, "postgres", NASTY))
+    handle = sources.start_server(dsn=socket_url(local, password_role, "postgres", NASTY))
     assert handle.info.user == password_role
     assert NASTY not in repr(handle.info) and NASTY not in str(handle.info)
-    assert server.probe(handle.info.dsn) == local.info.version
+    assert probe.probe(handle.info.dsn) == local.info.version
 
 
 def test_probe_works_inside_a_running_event_loop(local: ServerHandle) -> None:
     async def from_async_code() -> tuple[int, ...]:
-        return server.probe(local.info.dsn)
+        return probe.probe(local.info.dsn)
 
     assert asyncio.run(from_async_code()) == local.info.version
 
@@ -185,19 +186,19 @@ def test_local_server_info(local: ServerHandle) -> None:
     assert info.database == "postgres" and info.user == "postgres"
     assert info.to_dict()["version"] == list(info.version)
     assert ":" not in info.dsn.split("@")[0].removeprefix("postgresql:")  # no password at all
-    assert server.ServerInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
+    assert ServerInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
 
 
 # --- one server shared between processes ------------------------------------------------------
 
 MEMBER = """
 import json, sys
-from pytest_pgmig.servers import server
-info = server.acquire_shared(sys.argv[1], server.start_local)
+from pytest_pgmig.servers import shared, sources
+info = shared.acquire_shared(sys.argv[1], sources.start_local)
 print(json.dumps(info.to_dict()), flush=True)
 command = sys.stdin.readline().strip()
 if command.startswith("release"):
-    server.release_shared(sys.argv[1], keep=command == "release-keep")
+    shared.release_shared(sys.argv[1], keep=command == "release-keep")
     print("released", flush=True)
 sys.stdin.readline()
 """
@@ -220,9 +221,9 @@ class Member:
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
 
-    def info(self) -> server.ServerInfo:
+    def info(self) -> ServerInfo:
         assert self.process.stdout is not None
-        return server.ServerInfo.from_dict(json.loads(self.process.stdout.readline()))
+        return ServerInfo.from_dict(json.loads(self.process.stdout.readline()))
 
     def say(self, line: str) -> str:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -248,16 +249,17 @@ def test_two_processes_share_exactly_one_server(base: Path) -> None:
         info_a, info_b = first.info(), second.info()
         assert info_a == info_b and info_a.source == "local"
         assert len(run_dirs(base)) == 1
-        postmaster = embedded._postmaster_pid(Path(info_a.host) / "data")
+        postmaster = runfolders.postmaster_pid(Path(info_a.host) / "data")
         assert postmaster is not None
 
         assert first.say("release") == "released"
         first.finish()  # the starter is gone; the server stays for the other member
-        assert server.probe(info_a.dsn) == info_a.version
+        assert probe.probe(info_a.dsn) == info_a.version
 
         assert second.say("release") == "released"
-        assert not embedded.pid_alive(postmaster)
-        assert not base.exists()
+        assert not runfolders.pid_alive(postmaster)
+        # everything the run made is gone; the PGMIG_RUN_BASE folder itself is the user's
+        assert base.is_dir() and list(base.iterdir()) == []
     finally:
         first.finish()
         second.finish()
@@ -282,12 +284,12 @@ def test_dead_members_do_not_count_and_reap_stops_the_rest(base: Path) -> None:
     info = third.info()
     third.process.send_signal(signal.SIGKILL)
     third.process.wait(10)
-    postmaster = embedded._postmaster_pid(Path(info.host) / "data")
-    assert postmaster is not None and embedded.pid_alive(postmaster)
-    server.reap_shared("run-c")
-    assert not embedded.pid_alive(postmaster)
+    postmaster = runfolders.postmaster_pid(Path(info.host) / "data")
+    assert postmaster is not None and runfolders.pid_alive(postmaster)
+    shared.reap_shared("run-c")
+    assert not runfolders.pid_alive(postmaster)
     assert not run_dirs(base)
-    assert not base.exists()
+    assert base.is_dir() and list(base.iterdir()) == []  # the user's PGMIG_RUN_BASE stays
 
 
 def test_a_kept_shared_server_outlives_its_members_until_reaped(base: Path) -> None:
@@ -300,9 +302,9 @@ def test_a_kept_shared_server_outlives_its_members_until_reaped(base: Path) -> N
         first.finish()
         second.finish()
         # Kept after both left (and after they exited: no atexit release stops it).
-        assert server.probe(info.dsn) == info.version
+        assert probe.probe(info.dsn) == info.version
     finally:
         first.finish()
         second.finish()
-        server.reap_shared("run-d")
+        shared.reap_shared("run-d")
     assert not run_dirs(base)

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_pgmig.servers.embedded import BINARIES, EmbeddedError, bindir_candidates, find_bindir
-from pytest_pgmig.servers.server import ServerError, ServerInfo, _version_tuple, choose_source
+from pytest_pgmig.errors import EmbeddedError, ServerError
+from pytest_pgmig.servers.binaries import BINARIES, bindir_candidates, find_bindir
+from pytest_pgmig.servers.info import ServerInfo
+from pytest_pgmig.servers.probe import _version_tuple
+from pytest_pgmig.servers.sources import choose_source
 
 BINDIR = Path("/opt/pg/16/bin")
 DSN = "postgresql://app:s3cr@t/@db:5432/app"

@@ -24,7 +24,7 @@ from pytest_pgmig.plugin.fixtures import (
 )
 from pytest_pgmig.plugin.state import KEPT, SCHEMA, STATE, PgmigState
 from pytest_pgmig.servers.dsn import redact
-from pytest_pgmig.servers.server import ServerInfo
+from pytest_pgmig.servers.info import ServerInfo
 
 __all__ = [
     "pgmig_conn",
@@ -210,11 +210,12 @@ def _local_plan(requested: str) -> str:
     """What the embedded server will be, told before it starts (it starts on first use)."""
     if requested == "docker":
         return "Docker, started on first use"
-    from pytest_pgmig.servers import embedded
+    from pytest_pgmig import errors
+    from pytest_pgmig.servers import binaries, runfolders
 
     try:
-        bindir = embedded.find_bindir()
-    except embedded.EmbeddedError as exc:
+        bindir = binaries.find_bindir()
+    except errors.EmbeddedError as exc:
         return f"no usable local binaries ({exc})"
     if bindir is None:
         return "no local binaries; Docker, started on first use"
@@ -226,7 +227,7 @@ def _local_plan(requested: str) -> str:
     except (OSError, IndexError, subprocess.SubprocessError):
         version = "?"
     return (
-        f"local PostgreSQL {version} from {bindir}, unix socket under {embedded.run_base()}, "
+        f"local PostgreSQL {version} from {bindir}, unix socket under {runfolders.run_base()}, "
         "started on first use"
     )
 
@@ -328,9 +329,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         return
     state.close()
     if not hasattr(config, "workerinput") and state.shared_key is not None and not state.stats.kept:
-        from pytest_pgmig.servers import server as srv
+        from pytest_pgmig.servers import shared
 
-        srv.reap_shared(state.shared_key)
+        shared.reap_shared(state.shared_key)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

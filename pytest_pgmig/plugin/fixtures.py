@@ -16,7 +16,7 @@ import pytest_asyncio
 from pytest_pgmig.isolation.schemas import MigrationFailed, OneConnectionPool, PgmigSchema, Slot
 from pytest_pgmig.plugin import settings
 from pytest_pgmig.plugin.state import KEPT, SCHEMA, PgmigState, PgmigWarning, fail_test, state_of
-from pytest_pgmig.servers.server import ServerInfo
+from pytest_pgmig.servers.info import ServerInfo
 
 Sets = tuple[settings.MigrationSet, ...]
 # a test's connection to a dead or unreachable server fails in seconds, not asyncpg's 60

@@ -10,10 +10,11 @@ from typing import Any, NoReturn
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
+from pytest_pgmig.errors import ServerError
 from pytest_pgmig.isolation.schemas import Stats, Workspace
 from pytest_pgmig.plugin import settings
 from pytest_pgmig.servers.dsn import scrub
-from pytest_pgmig.servers.server import ServerError, ServerHandle, ServerInfo
+from pytest_pgmig.servers.info import ServerHandle, ServerInfo
 
 # The embedded server serves every xdist worker at once: leave room for each worker's
 # control connection, pools and the test's own connections.
@@ -94,12 +95,12 @@ class PgmigState:
             fail_test(self.server_error)
         if self.info is not None:
             return self.info
-        from pytest_pgmig.servers import server as srv
+        from pytest_pgmig.servers import shared, sources
 
         opts = self.settings
 
         def start() -> ServerHandle:
-            return srv.start_server(
+            return sources.start_server(
                 requested=opts.server.value,
                 dsn=opts.dsn.value,
                 max_connections=EMBEDDED_MAX_CONNECTIONS,
@@ -107,7 +108,7 @@ class PgmigState:
 
         try:
             if self.shared_key is not None and not opts.dsn.value:
-                self.info = srv.acquire_shared(self.shared_key, start)
+                self.info = shared.acquire_shared(self.shared_key, start)
             else:
                 self.handle = start()
                 self.info = self.handle.info
@@ -167,11 +168,11 @@ class PgmigState:
         keep_server = (
             bool(self.stats.kept) and self.info is not None and self.info.source == "local"
         )
-        from pytest_pgmig.servers import server as srv
+        from pytest_pgmig.servers import shared
 
         if self.shared_key is not None:
             # a kept schema needs its server: the last process out then leaves it running
-            srv.release_shared(self.shared_key, keep=keep_server)
+            shared.release_shared(self.shared_key, keep=keep_server)
         elif self.handle is not None:
             if keep_server:
                 self.handle.detach()
