@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from migration_sets import migration_files
 
-from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager
-from pytest_pgmig.engine.migrations import ApplyOptions
+from pytest_pgmig.engine.apply import ApplyOptions
+from pytest_pgmig.engine.runner import Runner
 from pytest_pgmig.isolation import registry
-from pytest_pgmig.isolation.schemas import OneConnectionPool
+from pytest_pgmig.isolation.guard import Guard
 from pytest_pgmig.servers.sources import start_server
 
 
@@ -38,11 +38,12 @@ async def migrate_once(conn: asyncpg.Connection, folder: Path, guarded: bool) ->
     name = f"guard_{uuid4().hex[:10]}"
     await conn.execute(f'CREATE SCHEMA "{name}"')
     try:
-        db = AsyncDatabaseManager(pool=OneConnectionPool(conn), schema=name)
-        manager = AsyncMigrationManager(db, migrations_path=str(folder), module_name=name)
-        manager.options = ApplyOptions(skip_extensions=True, guard=name if guarded else None)
+        options = ApplyOptions(
+            skip=(("CREATE", "EXTENSION"),), check=Guard(name) if guarded else None
+        )
+        runner = Runner(name, folder, name, options=options)
         started = time.perf_counter()
-        await manager.migrate()
+        await runner.upgrade(conn)
         return time.perf_counter() - started
     finally:
         await conn.execute("RESET ALL")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 NO_TRANSACTION_MARKER = re.compile(r"^-- pgdbm:no-transaction(?=\s|$)", re.MULTILINE)
@@ -239,8 +240,6 @@ def analyze(text: str) -> ScriptPlan:
                 break
     if reason is not None:
         return ScriptPlan(text, text, statements, False, reason)
-    pieces: list[str] = []
-    cursor = 0
     for statement in statements:
         if statement.kind == "rollback":
             raise ScanError(
@@ -248,16 +247,25 @@ def analyze(text: str) -> ScriptPlan:
                 "(a failing statement already rolls back the whole file)",
                 statement.start,
             )
-        if statement.kind in ("begin", "commit"):
-            pieces.append(text[cursor : statement.start])
-            pieces.append(_blank(text[statement.start : statement.end]))
-            cursor = statement.end
+    own = [s for s in statements if s.kind in ("begin", "commit")]
+    return ScriptPlan(text, blank(text, own), statements, True, None)
+
+
+def blank(text: str, statements: Sequence[Statement]) -> str:
+    """``text`` with the statements turned to spaces, newlines kept (positions unchanged).
+
+    >>> text = "BEGIN; SELECT 1;"
+    >>> blank(text, split(text)[:1])
+    '       SELECT 1;'
+    """
+    pieces: list[str] = []
+    cursor = 0
+    for statement in sorted(statements, key=lambda s: s.start):
+        pieces.append(text[cursor : statement.start])
+        pieces.append(re.sub(r"[^\n]", " ", text[statement.start : statement.end]))
+        cursor = statement.end
     pieces.append(text[cursor:])
-    return ScriptPlan(text, "".join(pieces), statements, True, None)
-
-
-def _blank(segment: str) -> str:
-    return re.sub(r"[^\n]", " ", segment)
+    return "".join(pieces)
 
 
 def line_of(text: str, index: int) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg  # type: ignore[import-untyped]
@@ -106,14 +106,6 @@ def find_extensions(
                 )
             )
     return tuple(found)
-
-
-def blank_statements(script: str, requests: Iterable[ExtensionRequest]) -> str:
-    """``script`` with the requests' statements turned to spaces (newlines kept)."""
-    for request in requests:
-        segment = re.sub(r"[^\n]", " ", script[request.start : request.end])
-        script = script[: request.start] + segment + script[request.end :]
-    return script
 
 
 async def install(conn: asyncpg.Connection, requests: Sequence[ExtensionRequest]) -> list[str]:

@@ -224,44 +224,82 @@ SIGNATURES = (
 )
 
 
-def before_sql(schema: str) -> str:
-    """What a file's transaction runs first: an xid, so age() is exact, and the census.
+class Guard:
+    """The engine's file check (`pytest_pgmig.engine.apply.FileCheck`) for one schema.
 
-    The census a file ends with is the next file's (kept in a session setting that a
-    failing file rolls back), so it is counted once per file.
+    Example::
+
+        runner = Runner(schema, folder, module, options=ApplyOptions(check=Guard(schema)))
     """
-    tag = sql_literal(schema + "|")
-    return (
-        f"SELECT CASE WHEN coalesce(current_setting('{_CENSUS_SETTING}', true), '') "
-        f"NOT LIKE {tag} || '%' THEN set_config('{_CENSUS_SETTING}', "
-        f"{tag} || {REGISTRY}.census_v1({sql_literal(schema)}), false) END, txid_current();"
-    )
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+
+    def before_sql(self) -> str:
+        """What a file's transaction runs first: an xid, so age() is exact, and the census.
+
+        The census a file ends with is the next file's (kept in a session setting that a
+        failing file rolls back), so it is counted once per file.
+        """
+        tag = sql_literal(self.schema + "|")
+        return (
+            f"SELECT CASE WHEN coalesce(current_setting('{_CENSUS_SETTING}', true), '') "
+            f"NOT LIKE {tag} || '%' THEN set_config('{_CENSUS_SETTING}', "
+            f"{tag} || {REGISTRY}.census_v1({sql_literal(self.schema)}), false) END, "
+            "txid_current();"
+        )
+
+    def after_sql(self) -> str:
+        """What it runs after the file, before its tracking row: raise if it wrote outside."""
+        return (
+            f"SELECT {REGISTRY}.outside_v1({sql_literal(self.schema)}, "
+            f"split_part(current_setting('{_CENSUS_SETTING}'), '|', 2));"
+        )
+
+    def explain(
+        self, filename: str, exc: asyncpg.PostgresError, *, committed: bool
+    ) -> MigrationError | None:
+        """The migration failure for a write outside the schema, or None for any other error."""
+        if getattr(exc, "sqlstate", None) != OUTSIDE:
+            return None
+        detail = getattr(exc, "detail", None) or "changed"
+        what = f"{getattr(exc, 'message', None) or exc} ({detail})"
+        done = (
+            "It ran outside a transaction: its earlier statements stay committed."
+            if committed
+            else f"'{filename}' was rolled back: nothing of it stays in the database."
+        )
+        return _outside(filename, self.schema, what, done)
+
+    async def preflight(
+        self, conn: asyncpg.Connection, filename: str, statement: Statement, text: str
+    ) -> None:
+        """Refuse, before it runs, a non-transactional statement that works outside."""
+        target = preflight_target(statement, text)
+        if target is None:
+            return
+        if target != "*":
+            where = await conn.fetchval(
+                "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.oid = to_regclass($1)",
+                target,
+            )
+            if where is None or where == self.schema:
+                return
+            what = f"relation {where}.{target.rsplit('.', 1)[-1].strip()}"
+        else:
+            what = " ".join(statement.head[:2]).lower()
+        first = text.strip().split("\n", 1)[0][:60]
+        raise _outside(
+            filename,
+            self.schema,
+            f"{what} ({first})",
+            "That statement cannot run in a transaction, so it was not run; the statements "
+            "before it stay committed.",
+        )
 
 
-def after_sql(schema: str) -> str:
-    """What it runs after the file, before its tracking row: raise if it wrote outside."""
-    return (
-        f"SELECT {REGISTRY}.outside_v1({sql_literal(schema)}, "
-        f"split_part(current_setting('{_CENSUS_SETTING}'), '|', 2));"
-    )
-
-
-def explain(
-    filename: str, schema: str, exc: asyncpg.PostgresError, *, committed: bool = False
-) -> MigrationError | None:
-    """The migration failure for a write outside the schema, or None for any other error."""
-    if getattr(exc, "sqlstate", None) != OUTSIDE:
-        return None
-    what = f"{getattr(exc, 'message', None) or exc} ({getattr(exc, 'detail', None) or 'changed'})"
-    done = (
-        "It ran outside a transaction: its earlier statements stay committed."
-        if committed
-        else f"'{filename}' was rolled back: nothing of it stays in the database."
-    )
-    return outside_error(filename, schema, what, done)
-
-
-def outside_error(filename: str, schema: str, what: str, done: str) -> MigrationError:
+def _outside(filename: str, schema: str, what: str, done: str) -> MigrationError:
     return MigrationError(
         f"Migration '{filename}' writes outside the schema it migrates ({schema}): {what}. {done}",
         migration_file=filename,
@@ -274,20 +312,18 @@ def outside_error(filename: str, schema: str, what: str, done: str) -> Migration
     )
 
 
-_TARGET = re.compile(
-    r"\bON\s+(?:ONLY\s+)?((?:\"(?:[^\"]|\"\")*\"|[\w$]+)(?:\s*\.\s*(?:\"(?:[^\"]|\"\")*\"|[\w$]+))?)",
-    re.IGNORECASE,
-)
-_DROP_INDEX = re.compile(
-    r"DROP\s+INDEX\s+CONCURRENTLY\s+(?:IF\s+EXISTS\s+)?"
-    r"((?:\"(?:[^\"]|\"\")*\"|[\w$]+)(?:\s*\.\s*(?:\"(?:[^\"]|\"\")*\"|[\w$]+))?)",
-    re.IGNORECASE,
-)
-_ALTER_TABLE = re.compile(
-    r"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?"
-    r"((?:\"(?:[^\"]|\"\")*\"|[\w$]+)(?:\s*\.\s*(?:\"(?:[^\"]|\"\")*\"|[\w$]+))?)",
-    re.IGNORECASE,
-)
+# a relation as a statement names it: [schema.]name, either part quoted or not
+_NAME = r'(?:"(?:[^"]|"")*"|[\w$]+)'
+_RELATION = rf"({_NAME}(?:\s*\.\s*{_NAME})?)"
+_TARGETS = {
+    "CREATE": re.compile(rf"\bON\s+(?:ONLY\s+)?{_RELATION}", re.IGNORECASE),
+    "DROP": re.compile(
+        rf"DROP\s+INDEX\s+CONCURRENTLY\s+(?:IF\s+EXISTS\s+)?{_RELATION}", re.IGNORECASE
+    ),
+    "ALTER": re.compile(
+        rf"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?{_RELATION}", re.IGNORECASE
+    ),
+}
 
 
 def preflight_target(statement: Statement, text: str) -> str | None:
@@ -295,42 +331,21 @@ def preflight_target(statement: Statement, text: str) -> str | None:
 
     ``"*"`` for one that always works outside a schema (a database, a tablespace, the
     server's configuration); ``None`` when it touches no object (``VACUUM``, ``REINDEX``).
+
+    >>> from pytest_pgmig.engine.sqltext import split
+    >>> text = 'CREATE INDEX CONCURRENTLY i ON public."Users" (email)'
+    >>> preflight_target(split(text)[0], text)
+    'public."Users"'
     """
     head = statement.head
-    if head[:2] == ("ALTER", "SYSTEM") or (
-        (head[:1] in (("CREATE",), ("DROP",))) and (head[1:2] in (("DATABASE",), ("TABLESPACE",)))
-    ):
+    cluster_wide = head[:1] in (("CREATE",), ("DROP",)) and head[1:2] in (
+        ("DATABASE",),
+        ("TABLESPACE",),
+    )
+    if cluster_wide or head[:2] == ("ALTER", "SYSTEM"):
         return "*"
-    pattern = {"CREATE": _TARGET, "DROP": _DROP_INDEX, "ALTER": _ALTER_TABLE}.get(head[0])
+    pattern = _TARGETS.get(head[0]) if head else None
     if pattern is None:
         return None
     match = pattern.search(text)
     return match.group(1) if match else None
-
-
-async def check_target(
-    conn: asyncpg.Connection, filename: str, schema: str, statement: Statement, text: str
-) -> None:
-    """Refuse, before it runs, a non-transactional statement that works outside `schema`."""
-    target = preflight_target(statement, text)
-    if target is None:
-        return
-    if target != "*":
-        where = await conn.fetchval(
-            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.oid = to_regclass($1)",
-            target,
-        )
-        if where is None or where == schema:
-            return
-        what = f"relation {where}.{target.rsplit('.', 1)[-1].strip()}"
-    else:
-        what = " ".join(statement.head[:2]).lower()
-    first = text.strip().split("\n", 1)[0][:60]
-    raise outside_error(
-        filename,
-        schema,
-        f"{what} ({first})",
-        "That statement cannot run in a transaction, so it was not run; the statements "
-        "before it stay committed.",
-    )

@@ -15,12 +15,15 @@ from urllib.parse import quote
 
 import asyncpg  # type: ignore[import-untyped]
 
+from pytest_pgmig.engine.apply import ApplyOptions
 from pytest_pgmig.engine.files import load_migrations
+from pytest_pgmig.engine.runner import Runner
 from pytest_pgmig.engine.templates import quote_identifier, sql_literal
 from pytest_pgmig.errors import MigrationError
 from pytest_pgmig.isolation import registry
 from pytest_pgmig.isolation.extensions import EXTENSION_SCHEMA, find_extensions
 from pytest_pgmig.isolation.extensions import install as install_extensions
+from pytest_pgmig.isolation.guard import Guard
 from pytest_pgmig.plugin.settings import MigrationSet
 from pytest_pgmig.servers.dsn import redact, with_search_path
 
@@ -583,27 +586,21 @@ class Workspace:
         The first time a set is migrated in this process, each of its files is checked for
         writes outside the schema; the set's extensions are installed first.
         """
-        from pytest_pgmig.engine.database import AsyncDatabaseManager
-        from pytest_pgmig.engine.migrations import ApplyOptions, AsyncMigrationManager
-
         module_names: dict[str, str] = {}
         path: tuple[str, ...] = ()
-        db = AsyncDatabaseManager(pool=OneConnectionPool(self.conn), schema=name)
         try:
             for mset in sets:
                 module_name = f"{mset.module}_{name}"
                 module_names[mset.module] = module_name
-                manager = AsyncMigrationManager(
-                    db, migrations_path=str(mset.path), module_name=module_name
-                )
                 set_path = await self._extension_path(mset)
                 path = tuple(dict.fromkeys([*path, *set_path]))
-                manager.options = ApplyOptions(
+                options = ApplyOptions(
                     search_path=set_path,
-                    skip_extensions=True,
-                    guard=None if mset in self._verified else name,
+                    skip=(("CREATE", "EXTENSION"),),
+                    check=None if mset in self._verified else Guard(name),
                 )
-                self.stats.migrations += await manager.migrate()
+                runner = Runner(name, mset.path, module_name, table=TRACKING_TABLE, options=options)
+                self.stats.migrations += len((await runner.upgrade(self.conn)).done)
                 self._verified.add(mset)
         except MigrationError as exc:
             await self.conn.execute("RESET ALL")

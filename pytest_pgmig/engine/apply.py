@@ -1,0 +1,236 @@
+"""Applying one file: in one transaction with its tracking row, or statement by statement."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import asyncpg  # type: ignore[import-untyped]
+
+from pytest_pgmig.engine.database import Connection
+from pytest_pgmig.engine.files import parse_version
+from pytest_pgmig.engine.sqltext import ScriptPlan, Statement, blank, excerpt, line_of
+from pytest_pgmig.engine.templates import (
+    TemplateError,
+    quote_identifier,
+    render,
+    render_with_map,
+    source_index,
+)
+from pytest_pgmig.engine.tracking import Tracking
+from pytest_pgmig.errors import MigrationError
+
+logger = logging.getLogger("pytest_pgmig.engine.migrations")
+
+# deadlock, serialization failure, lock timeout: another session's timing, not the SQL
+_TRANSIENT = {"40P01", "40001", "55P03"}
+
+
+class FileCheck(Protocol):
+    """A check run in each file's transaction, e.g. `pytest_pgmig.isolation.guard.Guard`."""
+
+    def before_sql(self) -> str:
+        """SQL sent first in the file's transaction."""
+
+    def after_sql(self) -> str:
+        """SQL sent after the file, before its tracking row; raises to fail the file."""
+
+    async def preflight(
+        self, conn: Connection, filename: str, statement: Statement, text: str
+    ) -> None:
+        """Before a statement that cannot run in a transaction: raise to refuse it."""
+
+    def explain(
+        self, filename: str, exc: asyncpg.PostgresError, *, committed: bool
+    ) -> MigrationError | None:
+        """The failure to report for an error the check raised, or None for any other."""
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """How the pytest plugin has files run; not part of pgdbm's API (defaults: pgdbm's way).
+
+    ``search_path``: the schemas after the manager's own while a file runs.
+    ``skip``: statements left out, by their first words (the plugin installs extensions
+    itself: ``(("CREATE", "EXTENSION"),)``). ``check``: run in each file's transaction.
+    """
+
+    search_path: tuple[str, ...] = ("public",)
+    skip: tuple[tuple[str, ...], ...] = ()
+    check: FileCheck | None = None
+
+    def skips(self, statement: Statement) -> bool:
+        return any(statement.head[: len(head)] == head for head in self.skip)
+
+
+class Applier:
+    """Runs migration files into one schema and records them in its tracking table."""
+
+    def __init__(
+        self, schema: str | None, folder: Path, tracking: Tracking, options: ApplyOptions
+    ) -> None:
+        self.schema = schema
+        self.folder = folder
+        self.tracking = tracking
+        self.options = options
+
+    async def apply(
+        self, conn: Connection, filename: str, checksum: str, plan: ScriptPlan
+    ) -> float:
+        """Apply one file and record it; its time in milliseconds. Raises `MigrationError`."""
+        if plan.transactional:
+            return await self._in_transaction(conn, filename, checksum, plan)
+        return await self._autocommit(conn, filename, checksum, plan)
+
+    async def _in_transaction(
+        self, conn: Connection, filename: str, checksum: str, plan: ScriptPlan
+    ) -> float:
+        # One round trip: the file, its tracking row and the commit in a single
+        # simple-query message. The file's own BEGIN/COMMIT were blanked by the planner.
+        check = self.options.check
+        prefix = "BEGIN;" + self._set_path("SET LOCAL")
+        if check is not None:
+            prefix += check.before_sql()
+        template = blank(plan.script, [s for s in plan.statements if self.options.skips(s)])
+        script = self._render(filename, template)
+        after = check.after_sql() if check is not None else ""
+        record = self.tracking.record_sql(filename, checksum)
+        started = time.perf_counter()
+        try:
+            await conn.execute(f"{prefix}{script}\n;{after}{record};COMMIT;")
+        except asyncpg.PostgresError as exc:
+            await rollback(conn)
+            raise self._sql_error(filename, plan, template, exc, len(prefix), None) from exc
+        return (time.perf_counter() - started) * 1000
+
+    async def _autocommit(
+        self, conn: Connection, filename: str, checksum: str, plan: ScriptPlan
+    ) -> float:
+        logger.info(
+            "Applying '%s' outside a transaction (%s): statements commit one by one.",
+            filename,
+            plan.reason,
+        )
+        started = time.perf_counter()
+        check = self.options.check
+        old_path = await conn.fetchval("SELECT current_setting('search_path')")
+        if self.schema is not None:
+            await conn.execute(self._set_path("SET"))
+        try:
+            for statement in plan.statements:
+                if self.options.skips(statement):
+                    continue
+                text = plan.text[statement.start : statement.end]
+                prefix = suffix = ""
+                if check is not None and statement.kind == "no_transaction":
+                    await check.preflight(conn, filename, statement, text)
+                elif check is not None and statement.kind == "sql":
+                    # each statement checked in a transaction of its own
+                    prefix = f"BEGIN;{check.before_sql()}"
+                    suffix = f";{check.after_sql()}COMMIT;"
+                try:
+                    await conn.execute(prefix + self._render(filename, text) + suffix)
+                except asyncpg.PostgresError as exc:
+                    await rollback(conn)
+                    raise self._sql_error(
+                        filename, plan, text, exc, len(prefix), statement.start
+                    ) from exc
+            elapsed = (time.perf_counter() - started) * 1000
+            await self.tracking.record(conn, filename, checksum, elapsed)
+        finally:
+            await conn.execute("SELECT set_config('search_path', $1, false)", old_path)
+        return elapsed
+
+    def _set_path(self, command: str) -> str:
+        """``SET [LOCAL] search_path`` to the schema and the options' schemas, or ``""``."""
+        if self.schema is None:
+            return ""
+        path = dict.fromkeys([self.schema, *self.options.search_path])
+        return f"{command} search_path TO {', '.join(map(quote_identifier, path))};"
+
+    def _render(self, filename: str, text: str) -> str:
+        try:
+            return render(text, self.schema)
+        except TemplateError as exc:
+            raise MigrationError(
+                f"Migration '{filename}': {exc}",
+                migration_file=filename,
+                hint="Fix the placeholder in the file and run the migrations again.",
+            ) from None
+
+    def _sql_error(
+        self,
+        filename: str,
+        plan: ScriptPlan,
+        template: str,
+        exc: asyncpg.PostgresError,
+        prefix: int,
+        offset: int | None,
+    ) -> MigrationError:
+        """Turn a server error into a MigrationError pointing at the line of the file."""
+        check = self.options.check
+        if check is not None:
+            failure = check.explain(filename, exc, committed=not plan.transactional)
+            if failure is not None:
+                return failure
+        sql_error = f"{type(exc).__name__}: {exc}"
+        for extra in ("detail", "hint"):
+            value = getattr(exc, extra, None)
+            if value:
+                sql_error += f"\n{extra.upper()}: {value}"
+        line = snippet = None
+        position = getattr(exc, "position", None)
+        if position:
+            _, replacements = render_with_map(template, self.schema)
+            rendered_index = int(position) - 1 - prefix
+            if rendered_index >= 0:
+                index = source_index(replacements, rendered_index) + (offset or 0)
+                if index <= len(plan.text):
+                    line = line_of(plan.text, index)
+                    snippet = excerpt(plan.text, index)
+        elif offset is not None:
+            line = line_of(plan.text, offset)
+            snippet = excerpt(plan.text, offset)
+        where = f" at line {line}" if line else ""
+        if plan.transactional:
+            hint = (
+                f"Nothing of '{filename}' was applied (the file and its tracking row share "
+                f"one transaction). Fix the SQL in {self.folder / filename} and run "
+                "the migrations again."
+            )
+        else:
+            hint = (
+                f"'{filename}' runs outside a transaction ({plan.reason}), so the statements "
+                "before the failing one stay committed: make them idempotent (IF NOT EXISTS), "
+                "fix the failing statement and run the migrations again."
+            )
+        return MigrationError(
+            f"Migration '{filename}' failed{where}: {sql_error}",
+            migration_file=filename,
+            version=parse_version(filename),
+            sql_error=sql_error,
+            line=line,
+            excerpt=snippet,
+            hint=hint,
+            transient=is_transient(exc),
+        )
+
+
+def is_transient(exc: asyncpg.PostgresError) -> bool:
+    """Whether running the same SQL again may succeed: a concurrent session got in the way.
+
+    A unique violation in a system catalog (two sessions creating one type or extension
+    at once) counts; one in a user's table does not.
+    """
+    state = getattr(exc, "sqlstate", None)
+    constraint = getattr(exc, "constraint_name", None) or ""
+    return state in _TRANSIENT or (state == "23505" and constraint.startswith("pg_"))
+
+
+async def rollback(conn: Connection) -> None:
+    """End a failed transaction, if one is still open."""
+    if not conn.is_closed() and conn.is_in_transaction():
+        await conn.execute("ROLLBACK")

@@ -1,0 +1,32 @@
+"""Planning a run: which files are pending, and which applied ones were modified."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pytest_pgmig.engine.files import MigrationFile
+from pytest_pgmig.errors import MigrationError
+
+
+def pending(files: tuple[MigrationFile, ...], applied: Mapping[str, str]) -> list[MigrationFile]:
+    """The files without a tracking row, in version order.
+
+    ``applied`` maps file names to their recorded checksums. A file whose checksum changed
+    after it was applied raises `MigrationError` (pgdbm's message) before anything runs.
+    """
+    todo = []
+    for file in files:
+        recorded = applied.get(file.filename)
+        if recorded is None:
+            todo.append(file)
+        elif recorded != file.checksum:
+            raise MigrationError(
+                f"Migration '{file.filename}' has been modified after being applied!\n"
+                f"Expected checksum: {recorded}\n"
+                f"Current checksum: {file.checksum}",
+                migration_file=file.filename,
+                version=file.version,
+                hint="Restore the applied file and put the change in a new migration (in "
+                f"development, rollback_migration('{file.filename}') lets it run again).",
+            )
+    return todo
