@@ -79,3 +79,17 @@ class ServerError(PgmigError):
 
 class EmbeddedError(ServerError):
     """The local cluster could not be created or started; the message says why and what to do."""
+
+
+class MigrationFailed(PgmigError):
+    """The migrations could not build a schema; the message says which file and the fix.
+
+    ``transient``: a concurrent session got in the way; trying again may succeed, so the
+    set is not marked broken.
+    """
+
+    def __init__(self, full: str, brief: str, *, transient: bool = False) -> None:
+        super().__init__(full)
+        self.full = full
+        self.brief = brief
+        self.transient = transient

@@ -51,3 +51,11 @@ class Runtime:
         self._thread.join(timeout=5)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+async def close_or_terminate(closable: Any, timeout: float = 5.0) -> None:
+    """Close a connection or pool politely, or terminate it if that fails or hangs."""
+    try:
+        await asyncio.wait_for(closable.close(), timeout=timeout)
+    except Exception:
+        closable.terminate()

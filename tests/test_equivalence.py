@@ -14,8 +14,9 @@ import pytest
 import pytest_asyncio
 
 from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager
-from pytest_pgmig.isolation.schemas import OneConnectionPool, Workspace
-from pytest_pgmig.plugin.settings import MigrationSet
+from pytest_pgmig.engine.database import OneConnectionPool
+from pytest_pgmig.isolation.base import MigrationSet
+from pytest_pgmig.isolation.schemas import SchemaIsolation
 from pytest_pgmig.servers.binaries import find_bindir
 from pytest_pgmig.servers.info import ServerInfo
 
@@ -103,11 +104,11 @@ MODES = ["ddl-log", "fingerprint", "non-superuser"]
 @pytest_asyncio.fixture
 async def workspace(
     pgmig_server: ServerInfo, request: pytest.FixtureRequest
-) -> AsyncIterator[Workspace]:
+) -> AsyncIterator[SchemaIsolation]:
     mode = getattr(request, "param", "ddl-log")
     dsn = request.getfixturevalue("nonsuper_dsn") if mode == "non-superuser" else pgmig_server.dsn
     assert "postgres@/postgres?" in dsn or mode == "non-superuser"
-    ws = Workspace(
+    ws = SchemaIsolation(
         admin_dsn=dsn,
         run=uuid.uuid4().hex[:8],
         worker="eq",
@@ -155,14 +156,14 @@ async def dirty(dsn: str) -> None:
 @pytest.mark.parametrize("workspace", MODES, indirect=True)
 @pytest.mark.parametrize("size", sorted(SETS))
 async def test_reset_schema_equals_a_freshly_migrated_one(
-    workspace: Workspace, tmp_path: Path, size: str
+    workspace: SchemaIsolation, tmp_path: Path, size: str
 ) -> None:
     folder = write_set(tmp_path / "migrations", *SETS[size])
     await check_reset_equals_fresh(workspace, folder, dirty, snapshot)
 
 
 async def check_reset_equals_fresh(
-    workspace: Workspace,
+    workspace: SchemaIsolation,
     folder: Path,
     make_dirty: Callable[[str], Awaitable[None]],
     take_snapshot: Callable[[asyncpg.Connection, str], Awaitable[object]],
@@ -173,8 +174,8 @@ async def check_reset_equals_fresh(
     name = slot.schema.name
     await make_dirty(slot.schema.dsn)
     await workspace.release(slot)
-    assert workspace.stats.reset_failed == 0, workspace.stats.reset_cause
     again = await workspace.acquire(sets)
+    assert workspace.stats.reset_failed == 0, workspace.stats.reset_cause
     assert again.schema.name == name, "a schema without DDL changes is reset, not replaced"
 
     dsn = workspace.admin_dsn
@@ -191,7 +192,7 @@ async def check_reset_equals_fresh(
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("workspace", MODES, indirect=True)
-async def test_ddl_change_replaces_the_schema(workspace: Workspace, tmp_path: Path) -> None:
+async def test_ddl_change_replaces_the_schema(workspace: SchemaIsolation, tmp_path: Path) -> None:
     folder = write_set(tmp_path / "migrations", 3, 3)
     sets = (MigrationSet("bench", folder),)
     slot = await workspace.acquire(sets)
@@ -239,7 +240,7 @@ async def rows_as_text(conn: asyncpg.Connection, schema: str) -> dict[str, list[
 @pytest.mark.asyncio
 @pytest.mark.parametrize("workspace", MODES, indirect=True)
 async def test_reset_restores_seed_rows_of_types_of_its_own(
-    workspace: Workspace, tmp_path: Path
+    workspace: SchemaIsolation, tmp_path: Path
 ) -> None:
     """Enums, domains, composite and range types, arrays of them, identity and generated
     columns, a partitioned table and a materialized view: a reset schema equals a fresh one."""

@@ -274,3 +274,18 @@ async def create_schema(conn: Connection, schema: str) -> None:
     """Create ``schema`` if it does not exist, safely under concurrency."""
     if not await conn.fetchval("SELECT true FROM pg_namespace WHERE nspname = $1", schema):
         await run_locked_ddl(conn, schema, create_schema_sql(schema))
+
+
+class OneConnectionPool:
+    """A pool-shaped wrapper over one connection, for managers that must share it.
+
+    AsyncDatabaseManager and AsyncMigrationManager acquire from a pool; handing them this
+    keeps their work on one session (inside the caller's transaction, where there is one).
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    @asynccontextmanager
+    async def acquire(self, *, timeout: float | None = None) -> AsyncIterator[Any]:
+        yield self._conn

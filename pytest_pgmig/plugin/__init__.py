@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from pytest_pgmig.engine import lockfile
-from pytest_pgmig.plugin import settings
+from pytest_pgmig.isolation.base import PgmigSchema
+from pytest_pgmig.plugin import checks, settings
 from pytest_pgmig.plugin.fixtures import (
     pgmig_conn,
     pgmig_db,
@@ -22,9 +23,9 @@ from pytest_pgmig.plugin.fixtures import (
     pgmig_schema,
     pgmig_server,
 )
-from pytest_pgmig.plugin.state import KEPT, SCHEMA, STATE, PgmigState
+from pytest_pgmig.plugin.state import KEPT, SCHEMA, STATE, PgmigFailed, PgmigState
 from pytest_pgmig.servers.dsn import redact
-from pytest_pgmig.servers.info import ServerInfo
+from pytest_pgmig.servers.info import ServerInfo, version_text
 
 __all__ = [
     "pgmig_conn",
@@ -190,9 +191,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     opts = state.settings
     if opts.dsn.value and state.info is not None:
         info = state.info
-        server = (
-            f"dsn {info.address} PostgreSQL {'.'.join(map(str, info.version))} [{opts.dsn.source}]"
-        )
+        server = f"dsn {info.address} PostgreSQL {version_text(info.version)} [{opts.dsn.source}]"
     else:
         server = f"{opts.server.value} [{opts.server.source}]: {_local_plan(opts.server.value)}"
     if opts.migrations.value:
@@ -246,43 +245,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     state = session.config.stash.get(STATE, None)
     if state is None:
         return
-    checks = [
-        LockCheck.from_parent(session, name=f"pgmig.lock[{m.module}]", folder=m.path)
-        for m in state.settings.migrations.value
-        if (m.path / lockfile.LOCK_NAME).exists()
-    ]
-    session.items[:0] = checks
-
-
-class LockCheck(pytest.Item):
-    """A test item that fails when a locked migration was edited or deleted."""
-
-    def __init__(self, *, folder: Path, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.folder = folder
-
-    def runtest(self) -> None:
-        drift = lockfile.check(self.folder)
-        if drift:
-            raise LockDrift(lockfile.describe(self.folder, drift))
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        if isinstance(excinfo.value, LockDrift):
-            return str(excinfo.value)
-        return str(super().repr_failure(excinfo))
-
-    def reportinfo(self) -> tuple[Path, int, str]:
-        return self.folder / lockfile.LOCK_NAME, 0, self.name
-
-
-class LockDrift(Exception):
-    """Locked migrations changed."""
+    session.items[:0] = checks.items(session, state.settings.migrations.value)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report: pytest.TestReport = yield
-    if call.excinfo is not None and getattr(call.excinfo.value, "pgmig_failure", False):
+    if call.excinfo is not None and isinstance(call.excinfo.value, PgmigFailed):
         # A broken migration fails the tests that need it; it is not an error in them.
         report.pgmig_failed = True  # type: ignore[attr-defined]
     state = item.config.stash.get(STATE, None)
@@ -297,7 +266,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def kept_hint(nodeid: str, schema: Any) -> str:
+def kept_hint(nodeid: str, schema: PgmigSchema) -> str:
     """The line naming a failing test's kept schema, with a psql command ready to paste."""
     command = f"psql {shlex.quote(redact(schema.dsn))}"
     return f"{nodeid}: schema {schema.name} kept; inspect it with: {command}"
@@ -346,13 +315,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("pgmig")
     if info is not None:
         terminalreporter.line(
-            f"server: {info.source}, PostgreSQL {_version(info.version)}, {info.redacted_dsn}"
+            f"server: {info.source}, PostgreSQL {version_text(info.version)}, {info.redacted_dsn}"
         )
     for line in state.stats.summary():
         terminalreporter.line(line)
     for line in state.kept:
         terminalreporter.line(line)
-
-
-def _version(version: tuple[int, ...]) -> str:
-    return ".".join(map(str, version))

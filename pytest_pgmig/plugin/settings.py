@@ -12,6 +12,8 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 
+from pytest_pgmig.isolation.base import MigrationSet
+
 T = TypeVar("T")
 
 SCOPES = ("test", "worker")
@@ -30,14 +32,6 @@ class Setting(Generic[T]):
 
     def __str__(self) -> str:
         return f"{self.value} [{self.source}]"
-
-
-@dataclass(frozen=True)
-class MigrationSet:
-    """One folder of migrations and the `<lib>` part of its module_name."""
-
-    module: str
-    path: Path
 
 
 @dataclass(frozen=True)

@@ -1,33 +1,53 @@
-"""Per-process plugin state: settings, the run's server and this process's schemas."""
+"""Per-process plugin state: settings, the run's server and this process's isolation."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
-import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from pytest_pgmig.errors import ServerError
-from pytest_pgmig.isolation.schemas import Stats, Workspace
+from pytest_pgmig.isolation.base import PgmigSchema, Stats
 from pytest_pgmig.plugin import settings
 from pytest_pgmig.servers.dsn import scrub
-from pytest_pgmig.servers.info import ServerHandle, ServerInfo
+
+if TYPE_CHECKING:
+    from pytest_pgmig.isolation.base import Isolation
+    from pytest_pgmig.runtime import Runtime
+    from pytest_pgmig.servers.info import ServerHandle, ServerInfo
+
+T = TypeVar("T")
 
 # The embedded server serves every xdist worker at once: leave room for each worker's
 # control connection, pools and the test's own connections.
 EMBEDDED_MAX_CONNECTIONS = 300
 RESERVED_CONNECTIONS = 10
-
-
 # admin_shutdown, crash_shutdown, cannot_connect_now: the server is going or gone
 _SERVER_GONE = {"57P01", "57P02", "57P03"}
 
 
 class PgmigWarning(UserWarning):
     """A teardown problem: reported, never turned into a test error."""
+
+
+if TYPE_CHECKING:
+    _Failed = BaseException
+else:
+    _Failed = pytest.fail.Exception  # the public name of pytest.fail()'s exception
+
+
+class PgmigFailed(_Failed):
+    """This test fails because of its migrations or its server, not its own code.
+
+    Raised from a fixture, it is still reported FAILED (not ERROR), with its message alone.
+    """
+
+    def __init__(self, message: str) -> None:
+        cast(Any, super()).__init__(message, pytrace=False)
 
 
 @dataclass
@@ -41,31 +61,29 @@ class PgmigState:
     workers: int = 1
     shared_key: str | None = None
     handle: ServerHandle | None = None
-    info: ServerInfo | None = None
-    workspace: Workspace | None = None
-    runtime: Any = None
+    info: ServerInfo | None = None  # the run's server, once started or joined
+    isolation: Isolation | None = None
+    active: ServerInfo | None = None  # the server `isolation` works on
+    runtime: Runtime | None = None
     server_error: str | None = None
     stats: Stats = field(default_factory=Stats)
     remote_info: dict[str, Any] | None = None
     kept: list[str] = field(default_factory=list)
-    worker_slots: dict[Any, Any] = field(default_factory=dict)
     checked_folders: set[Path] = field(default_factory=set)  # marker and factory folders
     closed: bool = False
 
-    def call(self, coro: Any, timeout: float | None = None) -> Any:
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the plugin's own loop (see `pytest_pgmig.runtime`).
 
         A lost server fails this test and, without another try, every later one.
         """
-        try:
-            if self.server_error is not None:
-                fail_test(self.server_error)
-            self.space()
-        except BaseException:
+        import asyncpg  # type: ignore[import-untyped]
+
+        if self.server_error is not None:
             coro.close()
-            raise
+            fail_test(self.server_error)
         try:
-            return self.runtime.run(coro, timeout)
+            return self._runtime().run(coro, timeout)
         except (
             OSError,
             asyncpg.InterfaceError,
@@ -79,12 +97,20 @@ class PgmigState:
                 self.lost(exc)
             raise
 
+    def _runtime(self) -> Runtime:
+        if self.runtime is None:
+            from pytest_pgmig.runtime import Runtime
+
+            self.runtime = Runtime()
+        return self.runtime
+
     def lost(self, exc: BaseException) -> NoReturn:
         """Record that the server went away and fail the current test saying so."""
-        address = self.info.redacted_dsn if self.info is not None else "the server"
+        info = self.active or self.info
+        address = info.redacted_dsn if info is not None else "the server"
         self.server_error = (
             f"pgmig: lost the PostgreSQL server {address} ({type(exc).__name__}: "
-            f"{scrub(str(exc), self.info.dsn) if self.info else exc}); every later test that "
+            f"{scrub(str(exc), info.dsn) if info else exc}); every later test that "
             "needs it fails at once. Check the server's log (was it stopped or killed?)."
         )
         fail_test(self.server_error)
@@ -117,33 +143,32 @@ class PgmigState:
             fail_test(self.server_error)
         return self.info
 
-    def space(self) -> Workspace:
-        """This process's schemas, on a control connection made on first use."""
-        if self.workspace is not None:
-            return self.workspace
-        info = self.server()
-        from pytest_pgmig.runtime import Runtime
+    def isolation_on(self, info: ServerInfo) -> Isolation:
+        """This process's isolation on `info` (the `pgmig_server` fixture's value), made on
+        first use."""
+        if self.isolation is not None:
+            return self.isolation
+        from pytest_pgmig.isolation.schemas import SchemaIsolation
 
-        if self.runtime is None:
-            self.runtime = Runtime()
-        first = self.settings.migrations.value[0].module if self.settings.migrations.value else None
-        workspace = Workspace(
+        opts = self.settings
+        first = opts.migrations.value[0].module if opts.migrations.value else None
+        isolation = SchemaIsolation(
             admin_dsn=info.dsn,
             run=self.run,
             worker=self.worker,
-            statement_timeout=self.settings.statement_timeout.value,
-            module_default=first or self.settings.module.value or "app",
-            own_server=info.source != "dsn" or self.settings.ddl_log.value,
+            statement_timeout=opts.statement_timeout.value,
+            module_default=first or opts.module.value or "app",
+            own_server=info.source != "dsn" or opts.ddl_log.value,
         )
         try:
-            self.runtime.run(workspace.start())
+            self._runtime().run(isolation.start())
         except Exception as exc:
             self.server_error = (
                 f"pgmig: cannot prepare the server {info.redacted_dsn}: {scrub(str(exc), info.dsn)}"
             )
             fail_test(self.server_error)
-        self.workspace = workspace
-        return workspace
+        self.isolation, self.active = isolation, info
+        return isolation
 
     def pool_size(self) -> int:
         """Connections one test's pool may open, so N workers stay within max_connections."""
@@ -155,22 +180,22 @@ class PgmigState:
         if self.closed:
             return
         self.closed = True
-        if self.workspace is not None and self.runtime is not None:
+        if self.isolation is not None and self.runtime is not None:
             try:
-                self.runtime.run(self.workspace.close(), timeout=60)
+                self.runtime.run(self.isolation.close(), timeout=60)
             except Exception as exc:
                 warnings.warn(
                     PgmigWarning(f"pgmig: could not drop this run's schemas: {exc}"), stacklevel=1
                 )
-            self.stats.merge(self.workspace.stats.to_dict())
+            self.stats.merge(self.isolation.stats.to_dict())
         if self.runtime is not None:
             self.runtime.close()
         keep_server = (
             bool(self.stats.kept) and self.info is not None and self.info.source == "local"
         )
-        from pytest_pgmig.servers import shared
-
         if self.shared_key is not None:
+            from pytest_pgmig.servers import shared
+
             # a kept schema needs its server: the last process out then leaves it running
             shared.release_shared(self.shared_key, keep=keep_server)
         elif self.handle is not None:
@@ -184,7 +209,7 @@ STATE = pytest.StashKey[PgmigState]()
 # the psql hint for a failing test's kept schema, set when its call phase fails
 KEPT = pytest.StashKey[str]()
 # the schema handed to a test, for --pgmig-keep to name when the test fails
-SCHEMA = pytest.StashKey[Any]()
+SCHEMA = pytest.StashKey[PgmigSchema]()
 
 
 def state_of(config: pytest.Config) -> PgmigState:
@@ -198,13 +223,7 @@ def state_of(config: pytest.Config) -> PgmigState:
 
 
 def fail_test(message: str) -> NoReturn:
-    """Fail the current test with `message` alone, reported FAILED even from a fixture.
-
-    The plugin's report hooks read the marker attribute: a broken migration or a lost server
-    is the test's failure, not an error in its set-up code.
-    """
-    failure = pytest.fail.Exception(message, pytrace=False)
-    setattr(failure, "pgmig_failure", True)  # noqa: B010
+    """Fail the current test with `message` alone, reported FAILED even from a fixture."""
     # Often raised inside an `except`: without `from None` the report prints the message
     # twice, joined by "During handling of the above exception...".
-    raise failure from None
+    raise PgmigFailed(message) from None

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pytest_pgmig.servers import runfolders
 from pytest_pgmig.servers.dsn import DsnParts, redact
 
 MIN_VERSION = (12,)
@@ -111,33 +108,9 @@ class ServerHandle:
     def detach(self) -> dict[str, Any]:
         """Hand the server's lifetime to someone else: ``stop()`` becomes a no-op.
 
-        Returns ``spec``, which :func:`stop_spec` accepts in any process.
+        Returns ``spec``, which `pytest_pgmig.servers.shared.stop_spec` takes in any process.
         """
         if self._detacher is not None:
             self._detacher()
         self._done = True
         return self.spec
-
-
-def stop_spec(spec: dict[str, Any]) -> None:
-    """Stop a server described by a handle's ``spec``, from any process."""
-    kind = spec.get("kind")
-    if kind == "local":
-        runfolders.stop_run_dir(Path(spec["run_dir"]))
-    elif kind == "docker":
-        with contextlib.suppress(Exception):
-            import docker  # type: ignore[import-untyped, unused-ignore]
-
-            client = docker.from_env(timeout=10)
-            try:
-                client.containers.get(spec["container_id"]).remove(force=True, v=True)
-            finally:
-                client.close()
-
-
-def spec_alive(spec: dict[str, Any]) -> bool:
-    """Whether the server a spec describes still runs (a container is taken to)."""
-    if spec.get("kind") == "local":
-        pid = runfolders.postmaster_pid(Path(spec["run_dir"]) / "pg" / "data")
-        return pid is not None and runfolders.pid_alive(pid)
-    return True

@@ -15,7 +15,7 @@ from typing import Any
 from filelock import FileLock
 
 from pytest_pgmig.servers import runfolders
-from pytest_pgmig.servers.info import ServerHandle, ServerInfo, spec_alive, stop_spec
+from pytest_pgmig.servers.info import ServerHandle, ServerInfo
 
 
 def _shared_dir(run_dir_key: str) -> Path:
@@ -139,3 +139,27 @@ def reap_shared(run_dir_key: str) -> None:
         if record is not None:
             stop_spec(record["spec"])
         _remove_shared(folder)
+
+
+def stop_spec(spec: dict[str, Any]) -> None:
+    """Stop a server described by a handle's ``spec``, from any process."""
+    kind = spec.get("kind")
+    if kind == "local":
+        runfolders.stop_run_dir(Path(spec["run_dir"]))
+    elif kind == "docker":
+        with contextlib.suppress(Exception):
+            import docker  # type: ignore[import-untyped, unused-ignore]
+
+            client = docker.from_env(timeout=10)
+            try:
+                client.containers.get(spec["container_id"]).remove(force=True, v=True)
+            finally:
+                client.close()
+
+
+def spec_alive(spec: dict[str, Any]) -> bool:
+    """Whether the server a spec describes still runs (a container is taken to)."""
+    if spec.get("kind") == "local":
+        pid = runfolders.postmaster_pid(Path(spec["run_dir"]) / "pg" / "data")
+        return pid is not None and runfolders.pid_alive(pid)
+    return True

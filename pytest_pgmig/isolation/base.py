@@ -1,0 +1,129 @@
+"""What isolation hands out and counts, and the interface every isolation strategy offers."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pytest_pgmig.servers.dsn import redact
+
+
+@dataclass(frozen=True)
+class MigrationSet:
+    """One folder of migrations and the `<lib>` part of its module_name."""
+
+    module: str
+    path: Path
+
+
+Sets = tuple[MigrationSet, ...]
+
+
+@dataclass(frozen=True)
+class PgmigSchema:
+    """A migrated schema handed to a test.
+
+    `dsn` opens connections with the schema first on search_path, e.g.
+    `psycopg.connect(pgmig_schema.dsn)`; `module_name` is `<lib>_<schema>` for the first
+    migrations folder, `module_names` maps every folder's `<lib>` to its module_name.
+    """
+
+    name: str
+    module_name: str
+    dsn: str
+    module_names: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"PgmigSchema(name={self.name!r}, module_name={self.module_name!r}, "
+            f"dsn={redact(self.dsn)!r})"
+        )
+
+
+@dataclass
+class Slot:
+    """One schema this process created, and the state a reset compares against."""
+
+    schema: PgmigSchema
+    key: Sets
+    state: str
+    reset_fn: str | None = None  # its own reset function, made at its first reset
+    lane: str = ""  # the pool it returns to: worker scope keeps its schema to itself
+
+
+@dataclass
+class Stats:
+    """What isolation cost this process, for the terminal summary."""
+
+    created: int = 0
+    dropped: int = 0
+    kept: int = 0
+    reused: int = 0
+    migrations: int = 0
+    reset_failed: int = 0
+    reset_cause: str = ""  # the first failed reset's set and error
+    setup_s: list[float] = field(default_factory=list)
+    teardown_s: list[float] = field(default_factory=list)
+
+    _COUNTS = ("created", "dropped", "kept", "reused", "migrations", "reset_failed")
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {name: getattr(self, name) for name in self._COUNTS}
+        data.update(reset_cause=self.reset_cause, setup_s=self.setup_s, teardown_s=self.teardown_s)
+        return data
+
+    def merge(self, data: Mapping[str, Any]) -> None:
+        for name in self._COUNTS:
+            setattr(self, name, getattr(self, name) + int(data.get(name, 0)))
+        self.reset_cause = self.reset_cause or str(data.get("reset_cause", ""))
+        self.setup_s += list(data.get("setup_s", ()))
+        self.teardown_s += list(data.get("teardown_s", ()))
+
+    def summary(self) -> list[str]:
+        per_test = [a + b for a, b in zip(self.setup_s, self.teardown_s, strict=False)]
+        total = sum(self.setup_s) + sum(self.teardown_s)
+        median = statistics.median(per_test) * 1000 if per_test else 0.0
+        lines = [
+            f"schemas: {self.created} created, {self.dropped} dropped, {self.kept} kept, "
+            f"{self.reused} resets for reuse",
+            f"migrations applied: {self.migrations}",
+            f"isolation cost: {total:.2f} s in set-up and teardown over {len(per_test)} "
+            f"tests, median {median:.1f} ms per test",
+        ]
+        if self.reset_failed:
+            lines.append(
+                f"resets failed: {self.reset_failed}, each schema replaced by a freshly "
+                f"migrated one; first: {self.reset_cause}"
+            )
+        return lines
+
+
+class Isolation(Protocol):
+    """How the fixtures get and give back a clean migrated place for a test.
+
+    Schemas (`pytest_pgmig.isolation.schemas.SchemaIsolation`) are the first strategy;
+    databases cloned from a template will sit beside them. A slot handed out by `acquire`
+    goes back through `release` (reset for a later test, off the test's path) or `keep`
+    (left for inspection); `close` drops what the process made.
+    """
+
+    stats: Stats
+    warnings: list[str]
+
+    async def start(self) -> list[str]:
+        """Connect and reap what dead runs left; the names reaped."""
+
+    async def acquire(self, sets: Sets, *, spare: bool = False, lane: str = "") -> Slot:
+        """A clean migrated slot for `sets` (raises `MigrationFailed`)."""
+
+    async def release(self, slot: Slot) -> None:
+        """Give a slot back: it is reset in the background and serves a later test."""
+
+    async def keep(self, slot: Slot) -> None:
+        """Keep a failed test's slot for inspection: never reset, reused or dropped."""
+
+    async def close(self) -> None:
+        """Drop everything this process made (kept slots stay) and disconnect."""

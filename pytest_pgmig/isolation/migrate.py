@@ -1,0 +1,98 @@
+"""Migrating sets into a throwaway schema: extensions first, then the files, checked once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg  # type: ignore[import-untyped]
+
+from pytest_pgmig.engine.apply import ApplyOptions
+from pytest_pgmig.engine.files import load_migrations
+from pytest_pgmig.engine.runner import Runner
+from pytest_pgmig.errors import MigrationError, MigrationFailed
+from pytest_pgmig.isolation import extensions
+from pytest_pgmig.isolation.base import MigrationSet, Sets
+from pytest_pgmig.isolation.guard import Guard
+from pytest_pgmig.isolation.reset import TRACKING_TABLE
+
+# the plugin installs a set's extensions itself, once per database
+_SKIP = (("CREATE", "EXTENSION"),)
+
+
+@dataclass(frozen=True)
+class Migrated:
+    """What migrating a schema gave: module names, the search_path after it, files applied."""
+
+    module_names: dict[str, str]
+    path: tuple[str, ...]
+    applied: int
+
+
+@dataclass
+class SetMigrator:
+    """Migrates sets into schemas for one process, remembering what it checked and installed.
+
+    The first time a set is migrated, each file is checked for writes outside the schema
+    (`pytest_pgmig.isolation.guard`); later schemas of the set are migrated unchecked: the
+    files are the same.
+    """
+
+    verified: set[MigrationSet] = field(default_factory=set)
+    paths: dict[MigrationSet, tuple[str, ...]] = field(default_factory=dict)
+
+    async def migrate(self, conn: asyncpg.Connection, name: str, sets: Sets) -> Migrated:
+        """Migrate schema `name` with `sets`; raises `MigrationFailed` naming the file."""
+        module_names: dict[str, str] = {}
+        path: tuple[str, ...] = ()
+        applied = 0
+        for mset in sets:
+            module_name = f"{mset.module}_{name}"
+            module_names[mset.module] = module_name
+            try:
+                set_path = await self._extension_path(conn, mset)
+                options = ApplyOptions(
+                    search_path=set_path,
+                    skip=_SKIP,
+                    check=None if mset in self.verified else Guard(name),
+                )
+                runner = Runner(name, mset.path, module_name, table=TRACKING_TABLE, options=options)
+                applied += len((await runner.upgrade(conn)).done)
+            except MigrationError as exc:
+                await conn.execute("RESET ALL")
+                raise migration_failed(mset, exc) from None
+            self.verified.add(mset)
+            path = tuple(dict.fromkeys([*path, *set_path]))
+        # a file's SET (pg_dump's set_config('search_path', '', false)) must not stay on the
+        # control connection
+        await conn.execute("RESET ALL")
+        return Migrated(module_names, path or (extensions.EXTENSION_SCHEMA,), applied)
+
+    async def _extension_path(
+        self, conn: asyncpg.Connection, mset: MigrationSet
+    ) -> tuple[str, ...]:
+        """Install the extensions a set creates (once per process); the schemas they are in."""
+        path = self.paths.get(mset)
+        if path is None:
+            requests = [
+                request
+                for file in load_migrations(mset.path)
+                for request in extensions.find_extensions(
+                    file.content, file.plan.statements, file.filename
+                )
+            ]
+            path = tuple(await extensions.install(conn, requests)) if requests else ()
+            self.paths[mset] = path = path or (extensions.EXTENSION_SCHEMA,)
+        return path
+
+
+def migration_failed(mset: MigrationSet, problem: MigrationError) -> MigrationFailed:
+    """Turn an engine error into a test failure: the full text, and a brief one."""
+    filename = problem.migration_file or "?"
+    error = str(problem).strip()
+    where = f"{mset.path}/{filename}" if filename != "?" else str(mset.path)
+    full = f"pgmig: migration {where} failed (module {mset.module}):\n{error}"
+    first_line = error.splitlines()[0] if error else "failed"
+    brief = (
+        f"pgmig: migration {where} is broken ({first_line}); see the first failing test for details"
+    )
+    return MigrationFailed(full, brief, transient=problem.transient)

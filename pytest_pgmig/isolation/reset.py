@@ -1,0 +1,168 @@
+"""Resetting a schema: what its template holds, and the reset function's SQL (built purely)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg  # type: ignore[import-untyped]
+
+from pytest_pgmig.engine.templates import quote_identifier as q
+from pytest_pgmig.engine.templates import sql_literal as lit
+from pytest_pgmig.isolation.registry import REGISTRY, reset_function
+
+TRACKING_TABLE = "schema_migrations"
+
+# The tables a reset empties (partitions go with their parent), with their columns: the
+# ones an INSERT may name, and the same read out of a row value `r`.
+_TABLES = f"""
+SELECT c.relname,
+       string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum)
+           FILTER (WHERE a.attgenerated = '') AS cols,
+       string_agg('(r).' || quote_ident(a.attname), ', ' ORDER BY a.attnum)
+           FILTER (WHERE a.attgenerated = '') AS fields
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND c.relname <> {lit(TRACKING_TABLE)}
+GROUP BY c.relname ORDER BY c.relname
+"""
+_SEQUENCES = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relkind = 'S' ORDER BY c.relname
+"""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table a reset empties: its name, insertable columns, and those read from ``r``."""
+
+    name: str
+    cols: str
+    fields: str
+
+
+@dataclass(frozen=True)
+class SequenceState:
+    """A sequence and the state the template has it in."""
+
+    name: str
+    value: int
+    called: bool
+
+
+@dataclass(frozen=True)
+class Template:
+    """A pristine migrated schema of one migration set: the source a reset restores from.
+
+    ``seeded`` maps each table that holds rows after migrating to the hash of those rows
+    (``pgmig_registry.rows_v1``).
+    """
+
+    name: str
+    seeded: dict[str, str]
+    sequences: tuple[SequenceState, ...]
+
+
+async def tables(conn: asyncpg.Connection, schema: str) -> list[Table]:
+    """The tables of `schema` a reset empties, in name order."""
+    return [Table(r["relname"], r["cols"], r["fields"]) for r in await conn.fetch(_TABLES, schema)]
+
+
+async def capture(conn: asyncpg.Connection, schema: str) -> Template:
+    """What a freshly migrated `schema` holds: its seed rows' hashes and sequence states."""
+    seeded: dict[str, str] = {}
+    for table in await tables(conn, schema):
+        rows = await conn.fetchval(
+            f"SELECT CASE WHEN EXISTS (SELECT 1 FROM {q(schema)}.{q(table.name)}) "
+            f"THEN {REGISTRY}.rows_v1($1, $2) END",
+            schema,
+            table.name,
+        )
+        if rows is not None:
+            seeded[table.name] = rows
+    sequences = []
+    for row in await conn.fetch(_SEQUENCES, schema):
+        state = await conn.fetchrow(
+            f"SELECT last_value, is_called FROM {q(schema)}.{q(row['relname'])}"
+        )
+        sequences.append(SequenceState(row["relname"], int(state[0]), bool(state[1])))
+    return Template(schema, seeded, tuple(sequences))
+
+
+def reset_function_sql(
+    schema: str, tables: Sequence[Table], template: Template | None, *, replica: bool
+) -> str:
+    """The ``CREATE FUNCTION`` of one schema's reset, static SQL with its plans cached.
+
+    The function ends what the test left on the schema, returns NULL if its DDL or
+    tracking rows changed, removes the test's rows, restores the seed rows it changed from
+    the template and the sequences, and returns the schema's state. In replica role (a
+    superuser's session) rows go by DELETE in any order with no trigger firing; otherwise
+    the tables holding rows are truncated together.
+
+    >>> sql = reset_function_sql("s1", [Table("t", "id", "(r).id")], None, replica=True)
+    >>> "DELETE FROM \\"s1\\".\\"t\\";" in sql and "TRUNCATE" not in sql
+    True
+    """
+    seeded = template.seeded if template is not None else {}
+    clear, reseed = [], []
+    for table in tables:
+        rel = f"{q(schema)}.{q(table.name)}"
+        if table.name not in seeded:
+            clear.append(
+                f"DELETE FROM {rel};"
+                if replica
+                else f"IF EXISTS (SELECT 1 FROM {rel}) THEN dirty := dirty || {lit(rel)}::text; "
+                "END IF;"
+            )
+            continue
+        assert template is not None
+        changed = (
+            f"{REGISTRY}.rows_v1({lit(schema)}, {lit(table.name)}) "
+            f"IS DISTINCT FROM {lit(seeded[table.name])}"
+        )
+        # Through each row's text: the template's enums, domains and composite types are
+        # its own, so its values must be read back as this schema's types.
+        insert = (
+            f"INSERT INTO {rel} ({table.cols}) OVERRIDING SYSTEM VALUE "
+            f"SELECT {table.fields} FROM (SELECT t::text::{rel} AS r "
+            f"FROM {q(template.name)}.{q(table.name)} AS t) AS seed;"
+        )
+        if replica:
+            clear.append(f"IF {changed} THEN\n    DELETE FROM {rel};\n    {insert}\nEND IF;")
+        else:
+            clear.append(f"IF {changed} THEN dirty := dirty || {lit(rel)}::text; END IF;")
+            # after a TRUNCATE ... CASCADE, which may empty a seeded table it references
+            reseed.append(f"IF {changed} THEN\n    {insert}\nEND IF;")
+    state = f"{REGISTRY}.state_v1({lit(schema)}, ARRAY[{lit(TRACKING_TABLE)}], p_log)"
+    body = clear
+    if not replica:
+        body += [
+            "IF cardinality(dirty) > 0 THEN",
+            "    EXECUTE 'TRUNCATE ' || array_to_string(dirty, ', ') || ' CASCADE';",
+            *reseed,
+            "END IF;",
+        ]
+    for seq in template.sequences if template is not None else ():
+        ref = f"{lit(q(schema) + '.' + q(seq.name))}::regclass"
+        expected = str(seq.value) if seq.called else "NULL"
+        body.append(
+            f"PERFORM setval({ref}, {seq.value}, {str(seq.called).lower()}) "
+            f"WHERE pg_sequence_last_value({ref}) IS DISTINCT FROM {expected};"
+        )
+    if not replica:
+        # TRUNCATE gave the tables new files: a catalog fingerprint sees a new state
+        body.append(f"IF cardinality(dirty) > 0 THEN\n    RETURN {state};\nEND IF;")
+    return (
+        f"CREATE OR REPLACE FUNCTION {reset_function(schema)}(p_state text, p_app text, "
+        "p_all boolean, p_log boolean) RETURNS text LANGUAGE plpgsql AS $pgmig_reset$\n"
+        "DECLARE\n    dirty text[] := '{}';\nBEGIN\n"
+        "IF p_app IS NOT NULL THEN\n"
+        f"    PERFORM {REGISTRY}.end_sessions_v1({lit(q(schema))}::regnamespace, "
+        "p_app, p_all);\nEND IF;\n"
+        f"IF {state} IS DISTINCT FROM p_state THEN\n    RETURN NULL;\nEND IF;\n"
+        + "\n".join(body)
+        + "\nRETURN p_state;\nEND\n$pgmig_reset$"
+    )
