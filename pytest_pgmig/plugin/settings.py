@@ -13,11 +13,11 @@ from typing import Any, Generic, TypeVar
 import pytest
 
 from pytest_pgmig.isolation.base import MigrationSet
+from pytest_pgmig.servers.info import SOURCES
 
 T = TypeVar("T")
 
 SCOPES = ("test", "worker")
-SERVERS = ("auto", "local", "docker")
 DEFAULT_STATEMENT_TIMEOUT = 60.0
 # pgdbm 0.5.0 stores module_name in VARCHAR(100); the schema name takes up to 63 of those.
 MAX_MODULE_LEN = 36
@@ -56,7 +56,7 @@ def scope_type(value: str) -> str:
 
 def server_type(value: str) -> str:
     """argparse `type=` converter for --pgmig-server."""
-    return _choice("--pgmig-server", value, SERVERS)
+    return _choice("--pgmig-server", value, SOURCES)
 
 
 def timeout_type(value: str) -> float:

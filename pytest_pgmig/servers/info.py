@@ -8,6 +8,9 @@ from typing import Any
 
 from pytest_pgmig.servers.dsn import DsnParts, redact
 
+# what --pgmig-server takes
+SOURCES = ("auto", "local", "docker")
+
 MIN_VERSION = (12,)
 
 

@@ -10,10 +10,8 @@ from pytest_pgmig.errors import ServerError
 from pytest_pgmig.servers import binaries, embedded
 from pytest_pgmig.servers.docker import docker_available, start_docker
 from pytest_pgmig.servers.dsn import normalize, parse, redact, socket_dsn
-from pytest_pgmig.servers.info import ServerHandle, ServerInfo
+from pytest_pgmig.servers.info import SOURCES, ServerHandle, ServerInfo
 from pytest_pgmig.servers.probe import probe
-
-SOURCES = ("auto", "local", "docker")
 
 _HOW_TO_GET_A_SERVER = """\
 Three ways to get one:
