@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager
 from pytest_pgmig.engine.database import OneConnectionPool
-from pytest_pgmig.isolation.base import MigrationSet
+from pytest_pgmig.isolation.base import Context, MigrationSet
 from pytest_pgmig.isolation.schemas import SchemaIsolation
 from pytest_pgmig.servers.binaries import find_bindir
 from pytest_pgmig.servers.info import ServerInfo
@@ -108,14 +108,14 @@ async def workspace(
     mode = getattr(request, "param", "ddl-log")
     dsn = request.getfixturevalue("nonsuper_dsn") if mode == "non-superuser" else pgmig_server.dsn
     assert "postgres@/postgres?" in dsn or mode == "non-superuser"
-    ws = SchemaIsolation(
+    context = Context(
         admin_dsn=dsn,
         run=uuid.uuid4().hex[:8],
         worker="eq",
-        statement_timeout=60,
         module_default="bench",
         own_server=mode == "ddl-log",
     )
+    ws = SchemaIsolation(context)
     await ws.start()
     yield ws
     await ws.close()
@@ -178,7 +178,7 @@ async def check_reset_equals_fresh(
     assert workspace.stats.reset_failed == 0, workspace.stats.reset_cause
     assert again.schema.name == name, "a schema without DDL changes is reset, not replaced"
 
-    dsn = workspace.admin_dsn
+    dsn = workspace.context.admin_dsn
     ref = await reference(dsn, folder)
     conn = await asyncpg.connect(dsn)
     try:

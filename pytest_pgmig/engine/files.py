@@ -173,6 +173,28 @@ def load_migrations(path: str | os.PathLike[str]) -> tuple[MigrationFile, ...]:
             print(migration.version, migration.filename, migration.checksum[:12])
     """
     folder = Path(path).resolve()
+    signature, now = _scan(folder)
+    racy = any(now - mtime < _RACY_NS for _, mtime, _, _ in signature)
+    cached = _folder_cache.get(folder)
+    if cached is not None and cached[0] == signature and not racy:
+        return cached[1]
+    ups, downs = _check_names(folder, signature)
+    migrations = []
+    for name, mtime, size, inode in signature:
+        if name in downs:
+            continue
+        migration = _read_cached(folder / name, (mtime, size, inode), now)
+        down = name[: -len(UP_SUFFIX)] + DOWN_SUFFIX if name in ups else None
+        if down in downs:
+            migration = dataclasses.replace(migration, down=folder / down)
+        migrations.append(migration)
+    result = check_order(migrations)
+    _folder_cache[folder] = (signature, result)
+    return result
+
+
+def _scan(folder: Path) -> tuple[_Signature, int]:
+    """The folder's ``.sql`` files as (name, mtime, size, inode), by name; and the time now."""
     try:
         entries = [
             entry
@@ -185,18 +207,15 @@ def load_migrations(path: str | os.PathLike[str]) -> tuple[MigrationFile, ...]:
             hint="Create it, or pass the folder that holds your .sql files as migrations_path.",
         ) from None
     now = time.time_ns()
-    racy = False
     signature = []
     for entry in entries:
         stat = entry.stat()
-        racy = racy or now - stat.st_mtime_ns < _RACY_NS
         signature.append((entry.name, stat.st_mtime_ns, stat.st_size, stat.st_ino))
-    signature.sort()
-    key = tuple(signature)
-    cached = _folder_cache.get(folder)
-    if cached is not None and cached[0] == key and not racy:
-        return cached[1]
+    return tuple(sorted(signature)), now
 
+
+def _check_names(folder: Path, signature: _Signature) -> tuple[set[str], set[str]]:
+    """The up and down files' names; raise for a name no pattern accepts or a lone down."""
     downs = {name for name, *_ in signature if name.endswith(DOWN_SUFFIX)}
     bad = [name for name, *_ in signature if name not in downs and parse_version(name) is None]
     if bad:
@@ -210,25 +229,17 @@ def load_migrations(path: str | os.PathLike[str]) -> tuple[MigrationFile, ...]:
             migration_file=orphans[0],
             hint="Restore or rename its .up.sql file, or delete the .down.sql file.",
         )
-    migrations = []
-    for name, mtime, size, inode in signature:
-        if name in downs:
-            continue
-        file_path = folder / name
-        stamp = (mtime, size, inode)
-        hit = _file_cache.get(file_path)
-        if hit is not None and hit[0] == stamp and now - mtime >= _RACY_NS:
-            migration = hit[1]
-        else:
-            migration = read_migration(file_path)
-            _file_cache[file_path] = (stamp, migration)
-        down = name[: -len(UP_SUFFIX)] + DOWN_SUFFIX if name in ups else None
-        if down in downs:
-            migration = dataclasses.replace(migration, down=folder / down)
-        migrations.append(migration)
-    result = check_order(migrations)
-    _folder_cache[folder] = (key, result)
-    return result
+    return ups, downs
+
+
+def _read_cached(file_path: Path, stamp: tuple[int, int, int], now: int) -> MigrationFile:
+    """One file, from the cache while its mtime, size and inode are unchanged (and not new)."""
+    hit = _file_cache.get(file_path)
+    if hit is not None and hit[0] == stamp and now - stamp[0] >= _RACY_NS:
+        return hit[1]
+    migration = read_migration(file_path)
+    _file_cache[file_path] = (stamp, migration)
+    return migration
 
 
 _fingerprints: dict[int, tuple[tuple[MigrationFile, ...], str]] = {}

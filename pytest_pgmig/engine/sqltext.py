@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 NO_TRANSACTION_MARKER = re.compile(r"^-- pgdbm:no-transaction(?=\s|$)", re.MULTILINE)
 
@@ -87,80 +87,88 @@ def split(text: str) -> list[Statement]:
     ["SELECT ';';", 'SELECT 2']
     """
     statements: list[Statement] = []
-    length = len(text)
-    pos = 0
-    start = -1
-    last_end = 0
-    words: list[str] = []
-    parens = 0
-    atomic = 0
-    concurrently = False
-    detach = False
-
-    def finish(end: int) -> None:
-        nonlocal start, words, concurrently, detach, parens, atomic
-        if start >= 0:
-            head = tuple(words)
-            statements.append(Statement(start, end, head, _classify(head, concurrently, detach)))
-        start, words, concurrently, detach, parens, atomic = -1, [], False, False, 0, 0
-
-    while pos < length:
+    current: _Reading | None = None
+    pos = last_end = 0
+    while pos < len(text):
         match = _TOKEN.match(text, pos)
         assert match is not None  # the last alternative matches any character
         kind = match.lastgroup
         end = match.end()
-        if kind in ("space", "line"):
-            pos = end
-            continue
         if kind == "block":
             end = _skip_block_comment(text, pos)
-            pos = end
-            continue
-        if start < 0:
-            if kind == "semi":  # an empty statement
-                pos = end
-                continue
-            start = pos
-        if kind == "semi":
-            if parens == 0 and atomic == 0:
-                finish(end)
-                pos = end
-                continue
-        elif kind == "str":
-            end = _close(_STR_BODY, text, end, pos, "string literal")
-        elif kind == "estr":
-            end = _close(_ESTR_BODY, text, end, pos, "E'' string literal")
-        elif kind == "ident":
-            end = _close(_IDENT_BODY, text, end, pos, "quoted identifier")
-        elif kind == "dollar":
+        elif kind not in ("space", "line"):
+            if current is None and kind != "semi":  # a lone ; is an empty statement
+                current = _Reading(pos)
+            if current is not None and kind == "semi" and current.at_top():
+                statements.append(current.close(end))
+                current = None
+            elif current is not None:
+                end = last_end = current.see(match, text)
+        pos = end
+    if current is not None:
+        statements.append(current.close(last_end))
+    return statements
+
+
+# the quoted constructs a token opens: the pattern of the rest and its name in errors
+_QUOTED = {
+    "str": (_STR_BODY, "string literal"),
+    "estr": (_ESTR_BODY, "E'' string literal"),
+    "ident": (_IDENT_BODY, "quoted identifier"),
+}
+
+
+@dataclass
+class _Reading:
+    """The statement being read: where it starts and what decides its kind and its end."""
+
+    start: int
+    words: list[str] = field(default_factory=list)
+    parens: int = 0
+    atomic: int = 0  # depth inside a BEGIN ATOMIC ... END body
+    concurrently: bool = False
+    detach: bool = False
+
+    def at_top(self) -> bool:
+        return self.parens == 0 and self.atomic == 0
+
+    def close(self, end: int) -> Statement:
+        head = tuple(self.words)
+        return Statement(self.start, end, head, _classify(head, self.concurrently, self.detach))
+
+    def see(self, match: re.Match[str], text: str) -> int:
+        """Take one token of the statement; where the token really ends."""
+        kind, pos, end = match.lastgroup, match.start(), match.end()
+        if kind in _QUOTED:
+            body, what = _QUOTED[kind]
+            return _close(body, text, end, pos, what)
+        if kind == "dollar":
             closing = text.find(match.group(), end)
             if closing < 0:
                 raise ScanError(f"unterminated dollar-quoted string {match.group()}", pos)
-            end = closing + len(match.group())
-        elif kind == "open":
-            parens += 1
+            return closing + len(match.group())
+        if kind == "open":
+            self.parens += 1
         elif kind == "close":
-            parens = max(parens - 1, 0)
+            self.parens = max(self.parens - 1, 0)
         elif kind == "word":
-            word = match.group().upper()
-            if len(words) < _HEAD_WORDS:
-                words.append(word)
-            if word == "CONCURRENTLY":
-                concurrently = True
-            elif word == "DETACH":
-                detach = True
-            elif atomic:
-                if word in ("CASE", "BEGIN"):
-                    atomic += 1
-                elif word == "END":
-                    atomic -= 1
-            elif word == "ATOMIC" and _previous_word_is_begin(text, pos):
-                atomic = 1
-        last_end = end
-        pos = end
-    if start >= 0:
-        finish(last_end)
-    return statements
+            self._word(match.group().upper(), text, pos)
+        return end
+
+    def _word(self, word: str, text: str, pos: int) -> None:
+        if len(self.words) < _HEAD_WORDS:
+            self.words.append(word)
+        if word == "CONCURRENTLY":
+            self.concurrently = True
+        elif word == "DETACH":
+            self.detach = True
+        elif self.atomic:
+            if word in ("CASE", "BEGIN"):
+                self.atomic += 1
+            elif word == "END":
+                self.atomic -= 1
+        elif word == "ATOMIC" and _previous_word_is_begin(text, pos):
+            self.atomic = 1
 
 
 def _close(body: re.Pattern[str], text: str, pos: int, opened: int, what: str) -> int:

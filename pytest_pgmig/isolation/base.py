@@ -43,6 +43,23 @@ class PgmigSchema:
         )
 
 
+@dataclass(frozen=True)
+class Context:
+    """Where an isolation works and for whom: the server, this run and worker, its limits.
+
+    `own_server`: the plugin started the server (or was told it may install event
+    triggers), so the DDL log can be used; `module_default` is the `<lib>` of a slot
+    migrated with no folder.
+    """
+
+    admin_dsn: str
+    run: str
+    worker: str
+    statement_timeout: float = 60.0
+    module_default: str = "app"
+    own_server: bool = False
+
+
 @dataclass
 class Slot:
     """One schema this process created, and the state a reset compares against."""

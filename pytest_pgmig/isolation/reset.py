@@ -106,36 +106,11 @@ def reset_function_sql(
     >>> "DELETE FROM \\"s1\\".\\"t\\";" in sql and "TRUNCATE" not in sql
     True
     """
-    seeded = template.seeded if template is not None else {}
     clear, reseed = [], []
     for table in tables:
-        rel = f"{q(schema)}.{q(table.name)}"
-        if table.name not in seeded:
-            clear.append(
-                f"DELETE FROM {rel};"
-                if replica
-                else f"IF EXISTS (SELECT 1 FROM {rel}) THEN dirty := dirty || {lit(rel)}::text; "
-                "END IF;"
-            )
-            continue
-        assert template is not None
-        changed = (
-            f"{REGISTRY}.rows_v1({lit(schema)}, {lit(table.name)}) "
-            f"IS DISTINCT FROM {lit(seeded[table.name])}"
-        )
-        # Through each row's text: the template's enums, domains and composite types are
-        # its own, so its values must be read back as this schema's types.
-        insert = (
-            f"INSERT INTO {rel} ({table.cols}) OVERRIDING SYSTEM VALUE "
-            f"SELECT {table.fields} FROM (SELECT t::text::{rel} AS r "
-            f"FROM {q(template.name)}.{q(table.name)} AS t) AS seed;"
-        )
-        if replica:
-            clear.append(f"IF {changed} THEN\n    DELETE FROM {rel};\n    {insert}\nEND IF;")
-        else:
-            clear.append(f"IF {changed} THEN dirty := dirty || {lit(rel)}::text; END IF;")
-            # after a TRUNCATE ... CASCADE, which may empty a seeded table it references
-            reseed.append(f"IF {changed} THEN\n    {insert}\nEND IF;")
+        cleared, reseeded = _table_sql(schema, table, template, replica=replica)
+        clear.append(cleared)
+        reseed += reseeded
     state = f"{REGISTRY}.state_v1({lit(schema)}, ARRAY[{lit(TRACKING_TABLE)}], p_log)"
     body = clear
     if not replica:
@@ -145,13 +120,7 @@ def reset_function_sql(
             *reseed,
             "END IF;",
         ]
-    for seq in template.sequences if template is not None else ():
-        ref = f"{lit(q(schema) + '.' + q(seq.name))}::regclass"
-        expected = str(seq.value) if seq.called else "NULL"
-        body.append(
-            f"PERFORM setval({ref}, {seq.value}, {str(seq.called).lower()}) "
-            f"WHERE pg_sequence_last_value({ref}) IS DISTINCT FROM {expected};"
-        )
+    body += _sequences_sql(schema, template)
     if not replica:
         # TRUNCATE gave the tables new files: a catalog fingerprint sees a new state
         body.append(f"IF cardinality(dirty) > 0 THEN\n    RETURN {state};\nEND IF;")
@@ -166,3 +135,47 @@ def reset_function_sql(
         + "\n".join(body)
         + "\nRETURN p_state;\nEND\n$pgmig_reset$"
     )
+
+
+def _table_sql(
+    schema: str, table: Table, template: Template | None, *, replica: bool
+) -> tuple[str, list[str]]:
+    """What empties one table (or marks it for TRUNCATE), and what then restores its seed."""
+    rel = f"{q(schema)}.{q(table.name)}"
+    if template is None or table.name not in template.seeded:
+        if replica:
+            return f"DELETE FROM {rel};", []
+        marks = f"dirty := dirty || {lit(rel)}::text;"
+        return f"IF EXISTS (SELECT 1 FROM {rel}) THEN {marks} END IF;", []
+    changed = (
+        f"{REGISTRY}.rows_v1({lit(schema)}, {lit(table.name)}) "
+        f"IS DISTINCT FROM {lit(template.seeded[table.name])}"
+    )
+    # Through each row's text: the template's enums, domains and composite types are
+    # its own, so its values must be read back as this schema's types.
+    insert = (
+        f"INSERT INTO {rel} ({table.cols}) OVERRIDING SYSTEM VALUE "
+        f"SELECT {table.fields} FROM (SELECT t::text::{rel} AS r "
+        f"FROM {q(template.name)}.{q(table.name)} AS t) AS seed;"
+    )
+    if replica:
+        return f"IF {changed} THEN\n    DELETE FROM {rel};\n    {insert}\nEND IF;", []
+    # the seed goes back after a TRUNCATE ... CASCADE, which may empty a seeded table it
+    # references
+    return (
+        f"IF {changed} THEN dirty := dirty || {lit(rel)}::text; END IF;",
+        [f"IF {changed} THEN\n    {insert}\nEND IF;"],
+    )
+
+
+def _sequences_sql(schema: str, template: Template | None) -> list[str]:
+    """Set each sequence back to the template's state, where it moved."""
+    statements = []
+    for seq in template.sequences if template is not None else ():
+        ref = f"{lit(q(schema) + '.' + q(seq.name))}::regclass"
+        expected = str(seq.value) if seq.called else "NULL"
+        statements.append(
+            f"PERFORM setval({ref}, {seq.value}, {str(seq.called).lower()}) "
+            f"WHERE pg_sequence_last_value({ref}) IS DISTINCT FROM {expected};"
+        )
+    return statements

@@ -13,7 +13,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from pytest_pgmig.errors import MigrationFailed
 from pytest_pgmig.isolation import registry, reset
-from pytest_pgmig.isolation.base import PgmigSchema, Sets, Slot, Stats
+from pytest_pgmig.isolation.base import Context, PgmigSchema, Sets, Slot, Stats
 from pytest_pgmig.isolation.migrate import SetMigrator
 from pytest_pgmig.runtime import close_or_terminate
 from pytest_pgmig.servers.dsn import with_search_path
@@ -47,8 +47,7 @@ class SchemaIsolation:
 
     Example::
 
-        isolation = SchemaIsolation(admin_dsn=dsn, run="ab12cd34", worker="gw0",
-                                    statement_timeout=60, module_default="app")
+        isolation = SchemaIsolation(Context(admin_dsn=dsn, run="ab12cd34", worker="gw0"))
         await isolation.start()
         slot = await isolation.acquire((MigrationSet("app", Path("migrations")),))
         ...  # the test uses slot.schema.dsn
@@ -56,22 +55,8 @@ class SchemaIsolation:
         await isolation.close()
     """
 
-    def __init__(
-        self,
-        *,
-        admin_dsn: str,
-        run: str,
-        worker: str,
-        statement_timeout: float,
-        module_default: str,
-        own_server: bool = False,
-    ) -> None:
-        self.own_server = own_server
-        self.admin_dsn = admin_dsn
-        self.run = run
-        self.worker = worker
-        self.statement_timeout = statement_timeout
-        self.module_default = module_default
+    def __init__(self, context: Context) -> None:
+        self.context = context
         self.stats = Stats()
         # messages for the test run's warnings summary, taken by the fixtures
         self.warnings: list[str] = []
@@ -111,12 +96,14 @@ class SchemaIsolation:
     async def start(self) -> list[str]:
         """Connect, take this process's lease, and drop what dead runs left behind."""
         settings = {
-            "application_name": f"pgmig-control:{self.run}:{self.worker}"[:63],
+            "application_name": f"pgmig-control:{self.context.run}:{self.context.worker}"[:63],
             "lock_timeout": str(LOCK_TIMEOUT_MS),
-            "statement_timeout": str(int(self.statement_timeout * 1000)),
+            "statement_timeout": str(int(self.context.statement_timeout * 1000)),
             "client_min_messages": "warning",
         }
-        self._conn = await asyncpg.connect(self.admin_dsn, server_settings=settings, timeout=10)
+        self._conn = await asyncpg.connect(
+            self.context.admin_dsn, server_settings=settings, timeout=10
+        )
         self._server_pid = self._conn.get_server_pid()
         # Resets run on a session of their own, in replica role where the role may (no user
         # or FK trigger fires while rows are removed); migrations must run with triggers.
@@ -125,13 +112,13 @@ class SchemaIsolation:
         )
         if self._replica:
             settings = {**settings, "session_replication_role": "replica"}
-        settings["application_name"] = f"pgmig-reset:{self.run}:{self.worker}"[:63]
+        settings["application_name"] = f"pgmig-reset:{self.context.run}:{self.context.worker}"[:63]
         # a lock met by a reset is the sign to end the lock's holder: do not wait long for it
         settings["lock_timeout"] = str(RESET_LOCK_TIMEOUT_MS)
         self._reset_conn = await asyncpg.connect(
-            self.admin_dsn, server_settings=settings, timeout=10
+            self.context.admin_dsn, server_settings=settings, timeout=10
         )
-        await registry.install(self._conn, own_server=self.own_server)
+        await registry.install(self._conn, own_server=self.context.own_server)
         self._lease = await registry.take_lease(self._conn)
         return await registry.reap(self._conn)
 
@@ -206,7 +193,7 @@ class SchemaIsolation:
         for attempt in range(1, TRANSIENT_TRIES + 1):
             name = self._next_name(kind)
             await registry.register(
-                self.conn, name, lease=self._lease, run=self.run, worker=self.worker
+                self.conn, name, lease=self._lease, run=self.context.run, worker=self.context.worker
             )
             self._mine.append(name)
             self.stats.created += 1
@@ -228,13 +215,13 @@ class SchemaIsolation:
             f"SELECT {registry.REGISTRY}.state_v1($1, $2, $3)",
             name,
             [reset.TRACKING_TABLE],
-            self.own_server,
+            self.context.own_server,
         )
-        lib = sets[0].module if sets else self.module_default
+        lib = sets[0].module if sets else self.context.module_default
         schema = PgmigSchema(
             name=name,
             module_name=migrated.module_names.get(lib, f"{lib}_{name}"),
-            dsn=schema_dsn(self.admin_dsn, name, migrated.path),
+            dsn=schema_dsn(self.context.admin_dsn, name, migrated.path),
             module_names=migrated.module_names,
         )
         return Slot(schema=schema, key=sets, state=state, lane=lane)
@@ -254,7 +241,7 @@ class SchemaIsolation:
 
     def _next_name(self, kind: str) -> str:
         self._counter += 1
-        return f"pgmig_{self.run}_{self.worker}_{kind}{self._counter}"
+        return f"pgmig_{self.context.run}_{self.context.worker}_{kind}{self._counter}"
 
     # -- resetting --------------------------------------------------------------------------
 
@@ -300,7 +287,7 @@ class SchemaIsolation:
                     slot.state,
                     registry.app_name(slot.schema.name),
                     every,
-                    self.own_server,
+                    self.context.own_server,
                 )
                 return state
             except asyncpg.LockNotAvailableError:
@@ -339,7 +326,7 @@ class SchemaIsolation:
             # Interrupted mid-statement (Ctrl-C during a migration): that session may still
             # run it and hold its locks. End it, and drop from a fresh one.
             conn.terminate()
-            fresh = await asyncpg.connect(self.admin_dsn, timeout=10)
+            fresh = await asyncpg.connect(self.context.admin_dsn, timeout=10)
             try:
                 await fresh.execute("SELECT pg_terminate_backend($1)", self._server_pid)
                 await self._drop_all(fresh)

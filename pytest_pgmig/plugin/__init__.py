@@ -12,7 +12,7 @@ import pytest
 
 from pytest_pgmig.engine import lockfile
 from pytest_pgmig.isolation.base import PgmigSchema
-from pytest_pgmig.plugin import checks, settings
+from pytest_pgmig.plugin import checks, options, settings
 from pytest_pgmig.plugin.fixtures import (
     pgmig_conn,
     pgmig_db,
@@ -40,78 +40,7 @@ __all__ = [
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("pgmig", "throwaway migrated PostgreSQL schemas (pytest-pgmig)")
-    group.addoption(
-        "--pgmig-migrations",
-        action="append",
-        metavar="PATH",
-        help="folder of .sql migrations applied to every throwaway schema; repeat for several "
-        "modules, as PATH or NAME=PATH (env PGMIG_MIGRATIONS, ini pgmig_migrations)",
-    )
-    group.addoption(
-        "--pgmig-module",
-        type=settings.module_type,
-        metavar="NAME",
-        help="the <lib> of module_name=<lib>_<schema> (default: the name of the folder holding "
-        "the migrations folder; env PGMIG_MODULE, ini pgmig_module)",
-    )
-    group.addoption(
-        "--pgmig-dsn",
-        metavar="DSN",
-        help="use this existing server and database instead of starting one (env PGMIG_DSN, "
-        "ini pgmig_dsn)",
-    )
-    group.addoption(
-        "--pgmig-server",
-        type=settings.server_type,
-        metavar="auto|local|docker",
-        help="where the server comes from when no DSN is set (default auto: local binaries, "
-        "else Docker; env PGMIG_SERVER, ini pgmig_server)",
-    )
-    group.addoption(
-        "--pgmig-scope",
-        type=settings.scope_type,
-        metavar="test|worker",
-        help="test (default): a fresh migrated schema per test; worker: one per xdist worker, "
-        "each test's work undone at teardown (env PGMIG_SCOPE, ini pgmig_scope)",
-    )
-    group.addoption(
-        "--pgmig-keep",
-        action="store_true",
-        default=False,
-        help="keep the schema of each failing test and print a psql command for it "
-        "(ini pgmig_keep)",
-    )
-    group.addoption(
-        "--pgmig-lock",
-        action="store_true",
-        default=False,
-        help="write or extend <migrations>/pgmig.lock with the checksum of each migration",
-    )
-    group.addoption(
-        "--pgmig-statement-timeout",
-        type=settings.timeout_type,
-        metavar="SECONDS",
-        help="bound each migration statement and each reset, in seconds; 0 for none "
-        f"(default {settings.DEFAULT_STATEMENT_TIMEOUT:g}; env PGMIG_STATEMENT_TIMEOUT, "
-        "ini pgmig_statement_timeout)",
-    )
-    parser.addini(
-        "pgmig_migrations", "migrations folders, one PATH or NAME=PATH a line", type="linelist"
-    )
-    parser.addini("pgmig_module", "the <lib> of module_name=<lib>_<schema>")
-    parser.addini("pgmig_dsn", "an existing server's DSN to use instead of starting one")
-    parser.addini("pgmig_server", "auto, local or docker")
-    parser.addini("pgmig_scope", "test or worker")
-    parser.addini("pgmig_keep", "keep failing tests' schemas", type="bool", default=False)
-    parser.addini("pgmig_statement_timeout", "statement timeout for migrations, seconds")
-    parser.addini(
-        "pgmig_ddl_log",
-        "on a --pgmig-dsn server you own: install event triggers that make the per-test DDL "
-        "check cheap (env PGMIG_DDL_LOG=1)",
-        type="bool",
-        default=False,
-    )
+    options.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:

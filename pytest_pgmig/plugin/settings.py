@@ -72,11 +72,9 @@ def timeout_type(value: str) -> float:
 
 def module_type(value: str) -> str:
     """Normalise a module name to a lower-case identifier, or reject what cannot be one."""
-    name = re.sub(r"[^0-9a-z_]+", "_", value.strip().lower()).strip("_")
+    name = _identifier(value)
     if not name:
         raise _bad(f"invalid module name {value!r}: use letters, digits and underscores")
-    if name[0].isdigit():
-        name = f"m_{name}"
     if len(name) > MAX_MODULE_LEN:
         raise _bad(
             f"module name {value!r} is {len(name)} characters long; "
@@ -105,10 +103,14 @@ def default_module(path: Path) -> str:
 
     A default must never fail: a long or odd folder name is shortened, not rejected.
     """
-    name = re.sub(r"[^0-9a-z_]+", "_", path.resolve().parent.name.lower()).strip("_")
-    if name and name[0].isdigit():
-        name = f"m_{name}"
+    name = _identifier(path.resolve().parent.name)
     return name[:MAX_MODULE_LEN].rstrip("_") or "app"
+
+
+def _identifier(value: str) -> str:
+    """`value` as a lower-case SQL identifier ("" when nothing of it is usable)."""
+    name = re.sub(r"[^0-9a-z_]+", "_", value.strip().lower()).strip("_")
+    return f"m_{name}" if name[:1].isdigit() else name
 
 
 def parse_migration_spec(spec: str, base: Path) -> MigrationSet:
@@ -152,29 +154,56 @@ def _ini_source(config: pytest.Config) -> str:
     return f"ini {inipath.name}" if inipath is not None else "ini"
 
 
-def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> Settings:
-    """Resolve every setting, CLI first, then environment, then ini, then the default."""
-    env = os.environ if environ is None else environ
-    ini = _ini_source(config)
-    rootdir = config.inipath.parent if config.inipath is not None else config.rootpath
-    cwd = Path(config.invocation_params.dir)
+class _Sources:
+    """Where a setting `pgmig_x` can come from: option `pgmig_x`, env `PGMIG_X`, ini `pgmig_x`."""
 
-    def pick(
-        cli: Any, env_name: str | None, ini_name: str, convert: Any, default: Any
-    ) -> Setting[Any]:
+    def __init__(self, config: pytest.Config, env: Mapping[str, str]) -> None:
+        self.config = config
+        self.env = env
+        self.ini = _ini_source(config)
+
+    def pick(self, name: str, convert: Any, default: Any, *, env: bool = True) -> Setting[Any]:
+        cli = self.config.getoption(name)
         if cli is not None:
             return Setting(cli, "cli")
-        if env_name and env.get(env_name, "").strip():
-            return Setting(_convert(convert, env[env_name], env_name), f"env {env_name}")
-        raw = config.getini(ini_name)
+        env_name = name.upper()
+        if env and self.env.get(env_name, "").strip():
+            return Setting(_convert(convert, self.env[env_name], env_name), f"env {env_name}")
+        raw = self.config.getini(name)
         if isinstance(raw, str) and raw.strip():
-            return Setting(_convert(convert, raw, ini_name), ini)
+            return Setting(_convert(convert, raw, name), self.ini)
         return Setting(default, "default")
 
-    module = pick(
-        config.getoption("pgmig_module"), "PGMIG_MODULE", "pgmig_module", module_type, None
+
+def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve every setting, CLI first, then environment, then ini, then the default."""
+    sources = _Sources(config, os.environ if environ is None else environ)
+    module = sources.pick("pgmig_module", module_type, None)
+    migrations = _checked_migrations(_resolve_migrations(sources), module)
+    keep = Setting(False, "default")
+    if config.getoption("pgmig_keep"):
+        keep = Setting(True, "cli")
+    elif config.getini("pgmig_keep"):
+        keep = Setting(True, sources.ini)
+    return Settings(
+        migrations=migrations,
+        module=module,
+        dsn=sources.pick("pgmig_dsn", str, None),
+        server=sources.pick("pgmig_server", server_type, "auto"),
+        scope=sources.pick("pgmig_scope", scope_type, "test"),
+        keep=keep,
+        statement_timeout=sources.pick(
+            "pgmig_statement_timeout", timeout_type, DEFAULT_STATEMENT_TIMEOUT
+        ),
+        lock=bool(config.getoption("pgmig_lock")),
+        ddl_log=_resolve_ddl_log(sources),
     )
-    migrations = _resolve_migrations(config, env, ini, cwd, rootdir)
+
+
+def _checked_migrations(
+    migrations: Setting[tuple[MigrationSet, ...]], module: Setting[str | None]
+) -> Setting[tuple[MigrationSet, ...]]:
+    """Apply --pgmig-module to the one folder, check every folder and that modules differ."""
     if module.value is not None:
         if len(migrations.value) > 1:
             raise pytest.UsageError(
@@ -193,42 +222,17 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> 
             f"two migrations folders share the module name among {modules}: give each its own "
             "name with NAME=PATH."
         )
-
-    keep_cli = config.getoption("pgmig_keep")
-    keep = Setting(True, "cli") if keep_cli else Setting(bool(config.getini("pgmig_keep")), ini)
-    if not keep.value:
-        keep = Setting(False, "default")
-    return Settings(
-        migrations=migrations,
-        module=module,
-        dsn=pick(config.getoption("pgmig_dsn"), "PGMIG_DSN", "pgmig_dsn", str, None),
-        server=pick(
-            config.getoption("pgmig_server"), "PGMIG_SERVER", "pgmig_server", server_type, "auto"
-        ),
-        scope=pick(
-            config.getoption("pgmig_scope"), "PGMIG_SCOPE", "pgmig_scope", scope_type, "test"
-        ),
-        keep=keep,
-        statement_timeout=pick(
-            config.getoption("pgmig_statement_timeout"),
-            "PGMIG_STATEMENT_TIMEOUT",
-            "pgmig_statement_timeout",
-            timeout_type,
-            DEFAULT_STATEMENT_TIMEOUT,
-        ),
-        lock=bool(config.getoption("pgmig_lock")),
-        ddl_log=_resolve_ddl_log(config, env, ini),
-    )
+    return migrations
 
 
-def _resolve_ddl_log(config: pytest.Config, env: Mapping[str, str], ini: str) -> Setting[bool]:
-    raw = env.get("PGMIG_DDL_LOG", "").strip().lower()
+def _resolve_ddl_log(sources: _Sources) -> Setting[bool]:
+    raw = sources.env.get("PGMIG_DDL_LOG", "").strip().lower()
     if raw:
         if raw not in ("1", "true", "yes", "0", "false", "no"):
             raise pytest.UsageError(f"PGMIG_DDL_LOG={raw!r}: use 1 or 0")
         return Setting(raw in ("1", "true", "yes"), "env PGMIG_DDL_LOG")
-    if config.getini("pgmig_ddl_log"):
-        return Setting(True, ini)
+    if sources.config.getini("pgmig_ddl_log"):
+        return Setting(True, sources.ini)
     return Setting(False, "default")
 
 
@@ -239,9 +243,11 @@ def _convert(convert: Any, raw: str, where: str) -> Any:
         raise pytest.UsageError(f"{exc} (from {where})") from None
 
 
-def _resolve_migrations(
-    config: pytest.Config, env: Mapping[str, str], ini: str, cwd: Path, rootdir: Path
-) -> Setting[tuple[MigrationSet, ...]]:
+def _resolve_migrations(sources: _Sources) -> Setting[tuple[MigrationSet, ...]]:
+    config, env = sources.config, sources.env
+    rootdir = config.inipath.parent if config.inipath is not None else config.rootpath
+    cwd = Path(config.invocation_params.dir)
+
     def parse_all(specs: list[str], base: Path, source: str) -> Setting[tuple[MigrationSet, ...]]:
         try:
             return Setting(tuple(parse_migration_spec(s, base) for s in specs), source)
@@ -257,5 +263,5 @@ def _resolve_migrations(
         return parse_all(specs, cwd, "env PGMIG_MIGRATIONS")
     lines = [line.strip() for line in config.getini("pgmig_migrations") if line.strip()]
     if lines:
-        return parse_all(lines, rootdir, ini)
+        return parse_all(lines, rootdir, sources.ini)
     return Setting((), "default")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 import pytest
 
 from pytest_pgmig.errors import ServerError
-from pytest_pgmig.isolation.base import PgmigSchema, Stats
+from pytest_pgmig.isolation.base import Context, PgmigSchema, Stats
 from pytest_pgmig.plugin import settings
 from pytest_pgmig.servers.dsn import scrub
 
@@ -152,7 +152,7 @@ class PgmigState:
 
         opts = self.settings
         first = opts.migrations.value[0].module if opts.migrations.value else None
-        isolation = SchemaIsolation(
+        context = Context(
             admin_dsn=info.dsn,
             run=self.run,
             worker=self.worker,
@@ -160,6 +160,7 @@ class PgmigState:
             module_default=first or opts.module.value or "app",
             own_server=info.source != "dsn" or opts.ddl_log.value,
         )
+        isolation = SchemaIsolation(context)
         try:
             self._runtime().run(isolation.start())
         except Exception as exc:

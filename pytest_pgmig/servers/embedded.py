@@ -10,7 +10,9 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 from filelock import FileLock, Timeout
 
@@ -42,11 +44,22 @@ _HBA += "local all all trust\n"
 # --- initdb and its cache -------------------------------------------------------------------
 
 
-def _child_env() -> dict[str, str]:
+def _child_options(account: Account | None, out: IO[bytes], cwd: Path) -> dict[str, Any]:
+    """What initdb and postgres are started with: the cluster account, a clean env, the log."""
     # PGDATA, PGPORT and friends would silently change what initdb and postgres do.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["LC_ALL"] = "C"
-    return env
+    return {
+        "stdin": subprocess.DEVNULL,
+        "stdout": out,
+        "stderr": subprocess.STDOUT,
+        "cwd": cwd,
+        "env": env,
+        "umask": 0o077,
+        "user": account.uid if account else None,
+        "group": account.gid if account else None,
+        "extra_groups": [] if account else None,
+    }
 
 
 def _chown(path: Path, account: Account | None) -> None:
@@ -109,19 +122,7 @@ def _initdb(bindir: Path, data_dir: Path, account: Account | None, log: Path) ->
         "trust",
     ]
     with log.open("ab") as out:
-        result = subprocess.run(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=data_dir.parent,
-            env=_child_env(),
-            umask=0o077,
-            check=False,
-            user=account.uid if account else None,
-            group=account.gid if account else None,
-            extra_groups=[] if account else None,
-        )
+        result = subprocess.run(cmd, check=False, **_child_options(account, out, data_dir.parent))
     if result.returncode != 0:
         raise EmbeddedError(
             f"initdb ({bindir / 'initdb'}) failed with exit code {result.returncode}:\n{_tail(log)}"
@@ -181,6 +182,7 @@ def _tail(log: Path, lines: int = 20) -> str:
 # --- the cluster ----------------------------------------------------------------------------
 
 
+@dataclass(kw_only=True, eq=False, repr=False)
 class EmbeddedCluster:
     """A running throwaway cluster in its own run folder; :meth:`stop` removes everything.
 
@@ -192,22 +194,15 @@ class EmbeddedCluster:
         >>> cluster.stop()
     """
 
-    def __init__(
-        self,
-        *,
-        bindir: Path,
-        run_dir: Path,
-        account: Account | None,
-        process: subprocess.Popen[bytes],
-        made_by: str,
-    ) -> None:
-        self.bindir = bindir
-        self.run_dir = run_dir
-        self.account = account
-        self.process = process
-        self.made_by = made_by
-        self.port = PORT
-        self._stopped = False
+    bindir: Path
+    run_dir: Path
+    account: Account | None
+    process: subprocess.Popen[bytes]
+    made_by: str
+    port: int = field(default=PORT, init=False)
+    _stopped: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
         atexit.register(self.stop)
 
     @property
@@ -287,20 +282,8 @@ def _spawn(
     for key, value in settings.items():
         cmd += ["-c", f"{key}={value}"]
     with log.open("ab") as out:
-        return subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=pg_dir,
-            env=_child_env(),
-            umask=0o077,
-            # Own session: Ctrl-C reaches pytest, which stops the server in order.
-            start_new_session=True,
-            user=account.uid if account else None,
-            group=account.gid if account else None,
-            extra_groups=[] if account else None,
-        )
+        # Own session: Ctrl-C reaches pytest, which stops the server in order.
+        return subprocess.Popen(cmd, start_new_session=True, **_child_options(account, out, pg_dir))
 
 
 def start_cluster(

@@ -61,27 +61,14 @@ def choose_source(
             "to start a server, or drop --pgmig-server / PGMIG_SERVER / pgmig_server to use "
             "the DSN."
         )
-    if mode == "local":
-        if bindir is None:
-            raise ServerError(
-                "--pgmig-server=local, but no PostgreSQL server binaries (initdb, pg_ctl, "
-                "postgres) were found in PGMIG_PG_BINDIR, `pg_config --bindir`, PATH or "
-                "/usr/lib/postgresql/*/bin.\nInstall them (e.g. `apt-get install postgresql`) "
-                "or set PGMIG_PG_BINDIR to their bin folder."
-            )
-        return "local"
-    if mode == "docker":
-        if not docker_available():
-            raise ServerError(
-                "--pgmig-server=docker, but no Docker engine answers (is the daemon running? "
-                "try `docker info`), or the docker extra is missing: "
-                "pip install 'pytest-pgmig[docker]'."
-            )
-        return "docker"
-    if bindir is not None:
-        return "local"
-    if docker_available():
-        return "docker"
+    available = {"local": lambda: bindir is not None, "docker": docker_available}
+    if mode != "auto":
+        if not available[mode]():
+            raise ServerError(_MISSING[mode])
+        return mode
+    for source, found in available.items():
+        if found():
+            return source
     raise ServerError(
         "pytest-pgmig needs a PostgreSQL server and found none: no DSN is set, no local "
         "PostgreSQL server binaries were found, and no Docker engine answers.\n"
@@ -89,7 +76,16 @@ def choose_source(
     )
 
 
-# --- probing --------------------------------------------------------------------------------
+# what an explicitly requested source lacks, and how to get it
+_MISSING = {
+    "local": "--pgmig-server=local, but no PostgreSQL server binaries (initdb, pg_ctl, "
+    "postgres) were found in PGMIG_PG_BINDIR, `pg_config --bindir`, PATH or "
+    "/usr/lib/postgresql/*/bin.\nInstall them (e.g. `apt-get install postgresql`) "
+    "or set PGMIG_PG_BINDIR to their bin folder.",
+    "docker": "--pgmig-server=docker, but no Docker engine answers (is the daemon running? "
+    "try `docker info`), or the docker extra is missing: "
+    "pip install 'pytest-pgmig[docker]'.",
+}
 
 
 # --- handles and sources --------------------------------------------------------------------

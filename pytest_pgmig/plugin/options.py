@@ -1,0 +1,123 @@
+"""The plugin's command-line options and ini keys, declared once as a table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pytest
+
+from pytest_pgmig.plugin import settings
+from pytest_pgmig.servers.info import SOURCES
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: `--pgmig-<name>`, ini `pgmig_<name>`, env `PGMIG_<NAME>` when `env`."""
+
+    name: str
+    help: str
+    ini_help: str | None = None
+    metavar: str | None = None
+    type: Callable[[str], Any] | None = None
+    flag: bool = False
+    append: bool = False
+    env: bool = True
+    ini_type: Literal["bool", "linelist"] | None = None
+
+    def add(self, group: Any, parser: pytest.Parser) -> None:
+        where = [f"env PGMIG_{self.name.upper()}"] if self.env else []
+        if self.ini_help is not None:
+            where.append(f"ini pgmig_{self.name}")
+        text = f"{self.help} ({'; '.join(where)})" if where else self.help
+        kwargs: dict[str, Any] = {"help": text, "dest": f"pgmig_{self.name}"}
+        if self.flag:
+            kwargs.update(action="store_true", default=False)
+        else:
+            kwargs.update(metavar=self.metavar, type=self.type)
+            if self.append:
+                kwargs["action"] = "append"
+        group.addoption(f"--pgmig-{self.name.replace('_', '-')}", **kwargs)
+        if self.ini_help is not None:
+            extra: dict[str, Any] = {"default": False} if self.ini_type == "bool" else {}
+            parser.addini(f"pgmig_{self.name}", self.ini_help, type=self.ini_type, **extra)
+
+
+OPTIONS = (
+    Option(
+        "migrations",
+        "folder of .sql migrations applied to every throwaway schema; repeat for several "
+        "modules, as PATH or NAME=PATH",
+        "migrations folders, one PATH or NAME=PATH a line",
+        metavar="PATH",
+        append=True,
+        ini_type="linelist",
+    ),
+    Option(
+        "module",
+        "the <lib> of module_name=<lib>_<schema> (default: the name of the folder holding "
+        "the migrations folder)",
+        "the <lib> of module_name=<lib>_<schema>",
+        metavar="NAME",
+        type=settings.module_type,
+    ),
+    Option(
+        "dsn",
+        "use this existing server and database instead of starting one",
+        "an existing server's DSN to use instead of starting one",
+        metavar="DSN",
+    ),
+    Option(
+        "server",
+        "where the server comes from when no DSN is set (default auto: local binaries, "
+        "else Docker)",
+        "auto, local or docker",
+        metavar="|".join(SOURCES),
+        type=settings.server_type,
+    ),
+    Option(
+        "scope",
+        "test (default): a fresh migrated schema per test; worker: one per xdist worker, "
+        "each test's work undone at teardown",
+        "test or worker",
+        metavar="test|worker",
+        type=settings.scope_type,
+    ),
+    Option(
+        "keep",
+        "keep the schema of each failing test and print a psql command for it",
+        "keep failing tests' schemas",
+        flag=True,
+        env=False,
+        ini_type="bool",
+    ),
+    Option(
+        "lock",
+        "write or extend <migrations>/pgmig.lock with the checksum of each migration",
+        flag=True,
+        env=False,
+    ),
+    Option(
+        "statement_timeout",
+        "bound each migration statement and each reset, in seconds; 0 for none "
+        f"(default {settings.DEFAULT_STATEMENT_TIMEOUT:g})",
+        "statement timeout for migrations, seconds",
+        metavar="SECONDS",
+        type=settings.timeout_type,
+    ),
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Declare every option and ini key in the `pgmig` group."""
+    group = parser.getgroup("pgmig", "throwaway migrated PostgreSQL schemas (pytest-pgmig)")
+    for option in OPTIONS:
+        option.add(group, parser)
+    parser.addini(
+        "pgmig_ddl_log",
+        "on a --pgmig-dsn server you own: install event triggers that make the per-test DDL "
+        "check cheap (env PGMIG_DDL_LOG=1)",
+        type="bool",
+        default=False,
+    )
