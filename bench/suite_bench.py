@@ -20,6 +20,9 @@ the median wall time of --repeat runs, measured side by side in one invocation.
 
     python bench/suite_bench.py                 # default set, M=11 T=10, N=200
     python bench/suite_bench.py --large         # also M=51 T=50
+    python bench/suite_bench.py --baseline /tmp/old --only "a. floor" --only "b. pgmig test"
+        # each pytest-pgmig row again, importing pytest_pgmig from another checkout
+        # (e.g. `git worktree add /tmp/old <commit>`), to show a change's cost side by side
 """
 
 from __future__ import annotations
@@ -158,6 +161,7 @@ def bench_set(
     n: int,
     repeat: int,
     contenders: list[str],
+    baseline: str | None = None,
 ) -> dict[str, tuple[float, float]]:
     mig = base / "migrations"
     mig.mkdir(parents=True)
@@ -199,6 +203,10 @@ def bench_set(
         "f. pgmig test, embedded server": ("pgmig-test", ["--pgmig-scope=test"], {"PGMIG_DSN": ""}),
     }
     plans = {k: v for k, v in plans.items() if k in contenders or not contenders}
+    if baseline:
+        for label, (kind, args, extra) in list(plans.items()):
+            if kind.startswith("pgmig"):
+                plans[f"{label} [baseline]"] = (kind, args, {**extra, "PYTHONPATH": baseline})
     folders = {}
     for label, (kind, _, _) in plans.items():
         folders[label] = base / label.split(".")[0] / kind
@@ -219,13 +227,13 @@ def table(title: str, res: dict[str, tuple[float, float]], n: int) -> str:
     ppg = res.get("d. pytest-postgresql", (0.0, 0.0))[0]
     lines = [
         title,
-        f"{'contender':34} {'wall s':>8} {'per-test ms':>12} {'x floor':>8} "
+        f"{'contender':40} {'wall s':>8} {'per-test ms':>12} {'x floor':>8} "
         f"{'x pytest-pg':>11} {'1st test s':>10}",
     ]
     for label, (wall, first) in res.items():
         over = (wall - floor) / n * 1000 if floor else float("nan")
         lines.append(
-            f"{label:34} {wall:8.2f} {over:12.2f} {wall / floor if floor else 0:8.2f} "
+            f"{label:40} {wall:8.2f} {over:12.2f} {wall / floor if floor else 0:8.2f} "
             f"{wall / ppg if ppg else 0:11.2f} {first:10.2f}"
         )
     return "\n".join(lines)
@@ -239,6 +247,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--large", action="store_true", help="also the large set, M=51 T=50")
     parser.add_argument("--only", action="append", default=[], help="contender labels to run")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run each pgmig contender importing pytest_pgmig from this checkout",
+    )
     args = parser.parse_args()
     handle = start_local(max_connections=300)
     try:
@@ -259,6 +272,7 @@ def main() -> None:
                 n=args.tests,
                 repeat=args.repeat,
                 contenders=args.only,
+                baseline=args.baseline,
             )
             print(table("\ndefault set: M=11 files, T=10 tables", res, args.tests))
             if args.large:

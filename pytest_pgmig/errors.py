@@ -69,6 +69,21 @@ class MigrationError(PgmigError):
         return {key: value for key, value in fields.items() if value is not None}
 
 
+class OutsideSchemaError(MigrationError):
+    """A migration wrote outside the schema it migrates; ``what`` names the first object.
+
+    ``cluster``: what it wrote is shared by the whole server (a role, a database, a
+    tablespace, the server's settings), so no database of its own could hold it either.
+    """
+
+    def __init__(
+        self, message: str, migration_file: str, *, what: str, hint: str, cluster: bool = False
+    ) -> None:
+        super().__init__(message, migration_file, hint=hint)
+        self.what = what
+        self.cluster = cluster
+
+
 class ServerError(PgmigError):
     """The server could not be chosen, started or reached.
 
@@ -85,11 +100,15 @@ class MigrationFailed(PgmigError):
     """The migrations could not build a schema; the message says which file and the fix.
 
     ``transient``: a concurrent session got in the way; trying again may succeed, so the
-    set is not marked broken.
+    set is not marked broken. ``outside``: the set writes outside its schema (``file:
+    object``), so database isolation can hold it.
     """
 
-    def __init__(self, full: str, brief: str, *, transient: bool = False) -> None:
+    def __init__(
+        self, full: str, brief: str, *, transient: bool = False, outside: str | None = None
+    ) -> None:
         super().__init__(full)
         self.full = full
         self.brief = brief
         self.transient = transient
+        self.outside = outside

@@ -336,7 +336,9 @@ def test_writes_outside_the_schema_fail_cleanly_and_leave_nothing(
     )
     before = pg_dump(fresh_database)
     roles = sql(fresh_database, "SELECT rolname FROM pg_roles ORDER BY 1")
-    result = pytester.runpytest("--pgmig-migrations=migrations", f"--pgmig-dsn={fresh_database}")
+    result = pytester.runpytest(
+        "--pgmig-isolation=schema", "--pgmig-migrations=migrations", f"--pgmig-dsn={fresh_database}"
+    )
     result.assert_outcomes(failed=2)
     text = text_of(result)
     assert f"Migration '{culprit}' writes outside the schema it migrates" in text
@@ -358,6 +360,7 @@ def test_writes_outside_fail_under_xdist_and_worker_scope(
         "-n",
         "2",
         "--pgmig-scope=worker",
+        "--pgmig-isolation=schema",
         "--pgmig-migrations=migrations",
         f"--pgmig-dsn={fresh_database}",
     )
@@ -616,7 +619,10 @@ def test_a_role_without_superuser_gets_extensions_and_the_check(
     pytester.makepyfile(test_dump="def test_a(pgmig_schema): pass\n")
     before = pg_dump(admin_dsn)
     result = pytester.runpytest(
-        "test_dump.py", "--pgmig-migrations=dump_migrations", f"--pgmig-dsn={owner_dsn}"
+        "test_dump.py",
+        "--pgmig-isolation=schema",
+        "--pgmig-migrations=dump_migrations",
+        f"--pgmig-dsn={owner_dsn}",
     )
     result.assert_outcomes(failed=1)
     assert "writes outside the schema it migrates" in text_of(result)

@@ -29,16 +29,21 @@ class PgmigSchema:
     `dsn` opens connections with the schema first on search_path, e.g.
     `psycopg.connect(pgmig_schema.dsn)`; `module_name` is `<lib>_<schema>` for the first
     migrations folder, `module_names` maps every folder's `<lib>` to its module_name.
+
+    Under database isolation `database` is the test's own database, `dsn` connects to it
+    with the server's default search_path, `name` is `public` and `module_name` is `<lib>`.
     """
 
     name: str
     module_name: str
     dsn: str
     module_names: Mapping[str, str] = field(default_factory=dict)
+    database: str | None = None  # set under database isolation
 
     def __repr__(self) -> str:
+        where = f", database={self.database!r}" if self.database else ""
         return (
-            f"PgmigSchema(name={self.name!r}, module_name={self.module_name!r}, "
+            f"PgmigSchema(name={self.name!r}, module_name={self.module_name!r}{where}, "
             f"dsn={redact(self.dsn)!r})"
         )
 
@@ -82,20 +87,39 @@ class Stats:
     migrations: int = 0
     reset_failed: int = 0
     reset_cause: str = ""  # the first failed reset's set and error
+    databases_created: int = 0
+    databases_dropped: int = 0
+    # why a set runs under database isolation (auto mode), one line a set
+    switched: list[str] = field(default_factory=list)
     setup_s: list[float] = field(default_factory=list)
     teardown_s: list[float] = field(default_factory=list)
 
-    _COUNTS = ("created", "dropped", "kept", "reused", "migrations", "reset_failed")
+    _COUNTS = (
+        "created",
+        "dropped",
+        "kept",
+        "reused",
+        "migrations",
+        "reset_failed",
+        "databases_created",
+        "databases_dropped",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {name: getattr(self, name) for name in self._COUNTS}
-        data.update(reset_cause=self.reset_cause, setup_s=self.setup_s, teardown_s=self.teardown_s)
+        data.update(
+            reset_cause=self.reset_cause,
+            switched=self.switched,
+            setup_s=self.setup_s,
+            teardown_s=self.teardown_s,
+        )
         return data
 
     def merge(self, data: Mapping[str, Any]) -> None:
         for name in self._COUNTS:
             setattr(self, name, getattr(self, name) + int(data.get(name, 0)))
         self.reset_cause = self.reset_cause or str(data.get("reset_cause", ""))
+        self.switched += [line for line in data.get("switched", ()) if line not in self.switched]
         self.setup_s += list(data.get("setup_s", ()))
         self.teardown_s += list(data.get("teardown_s", ()))
 
@@ -106,6 +130,12 @@ class Stats:
         lines = [
             f"schemas: {self.created} created, {self.dropped} dropped, {self.kept} kept, "
             f"{self.reused} resets for reuse",
+            *(
+                [f"databases: {self.databases_created} created, {self.databases_dropped} dropped"]
+                if self.databases_created
+                else []
+            ),
+            *self.switched,
             f"migrations applied: {self.migrations}",
             f"isolation cost: {total:.2f} s in set-up and teardown over {len(per_test)} "
             f"tests, median {median:.1f} ms per test",

@@ -8,7 +8,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from pytest_pgmig.engine.sqltext import Statement
 from pytest_pgmig.engine.templates import sql_literal
-from pytest_pgmig.errors import MigrationError
+from pytest_pgmig.errors import MigrationError, OutsideSchemaError
 from pytest_pgmig.isolation.registry import REGISTRY
 
 # the SQLSTATE outside_v1 raises: a write outside the migrated schema
@@ -269,7 +269,8 @@ class Guard:
             if committed
             else f"'{filename}' was rolled back: nothing of it stays in the database."
         )
-        return _outside(filename, self.schema, what, done)
+        cluster = str(getattr(exc, "message", "")).startswith("role ")
+        return _outside(filename, self.schema, what, done, cluster=cluster)
 
     async def preflight(
         self, conn: asyncpg.Connection, filename: str, statement: Statement, text: str
@@ -296,13 +297,18 @@ class Guard:
             f"{what} ({first})",
             "That statement cannot run in a transaction, so it was not run; the statements "
             "before it stay committed.",
+            cluster=target == "*",
         )
 
 
-def _outside(filename: str, schema: str, what: str, done: str) -> MigrationError:
-    return MigrationError(
+def _outside(
+    filename: str, schema: str, what: str, done: str, *, cluster: bool = False
+) -> OutsideSchemaError:
+    return OutsideSchemaError(
         f"Migration '{filename}' writes outside the schema it migrates ({schema}): {what}. {done}",
-        migration_file=filename,
+        filename,
+        what=what,
+        cluster=cluster,
         hint="Each test's migrations run with its own schema first on search_path. Drop the "
         "schema qualifier (public.users -> users) or write {{tables.users}} / {{schema}}; "
         "remove statements that empty search_path (pg_dump's SELECT pg_catalog.set_config("

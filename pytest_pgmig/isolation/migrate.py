@@ -9,7 +9,7 @@ import asyncpg  # type: ignore[import-untyped]
 from pytest_pgmig.engine.apply import ApplyOptions
 from pytest_pgmig.engine.files import load_migrations
 from pytest_pgmig.engine.runner import Runner
-from pytest_pgmig.errors import MigrationError, MigrationFailed
+from pytest_pgmig.errors import MigrationError, MigrationFailed, OutsideSchemaError
 from pytest_pgmig.isolation import extensions
 from pytest_pgmig.isolation.base import MigrationSet, Sets
 from pytest_pgmig.isolation.guard import Guard
@@ -95,4 +95,7 @@ def migration_failed(mset: MigrationSet, problem: MigrationError) -> MigrationFa
     brief = (
         f"pgmig: migration {where} is broken ({first_line}); see the first failing test for details"
     )
-    return MigrationFailed(full, brief, transient=problem.transient)
+    outside = None
+    if isinstance(problem, OutsideSchemaError) and not problem.cluster:
+        outside = f"{mset.path}/{filename}: {problem.what}"
+    return MigrationFailed(full, brief, transient=problem.transient, outside=outside)

@@ -179,6 +179,14 @@ CREATE TABLE IF NOT EXISTS {REGISTRY}.schemas (
     kept boolean NOT NULL DEFAULT false,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS {REGISTRY}.databases (
+    name text PRIMARY KEY,
+    lease integer NOT NULL,
+    run text NOT NULL,
+    worker text NOT NULL,
+    kept boolean NOT NULL DEFAULT false,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
 """
 
 
@@ -201,7 +209,8 @@ async def install(conn: asyncpg.Connection, *, own_server: bool) -> None:
 
     wanted = [*_SIGNATURES, *guard.SIGNATURES] + (["log_ddl_v1()"] if own_server else [])
     present = await conn.fetchval(
-        "SELECT count(to_regprocedure($1 || '.' || sig)) FROM unnest($2::text[]) AS sig",
+        "SELECT count(to_regprocedure($1 || '.' || sig)) FROM unnest($2::text[]) AS sig "
+        "WHERE to_regclass($1 || '.databases') IS NOT NULL",
         REGISTRY,
         wanted,
     )
@@ -221,6 +230,7 @@ async def take_lease(conn: asyncpg.Connection) -> int:
         key = rng.randint(1, 2**31 - 1)
         free = await conn.fetchval(
             f"SELECT NOT EXISTS (SELECT 1 FROM {REGISTRY}.schemas WHERE lease = $3) "
+            f"AND NOT EXISTS (SELECT 1 FROM {REGISTRY}.databases WHERE lease = $3) "
             "AND pg_try_advisory_lock($1, $2)",
             LOCK_CLASS,
             key,
@@ -278,19 +288,76 @@ async def drop(
     return present
 
 
+async def register_database(
+    conn: asyncpg.Connection,
+    name: str,
+    *,
+    lease: int,
+    run: str,
+    worker: str,
+    template: str | None = None,
+) -> None:
+    """Record database `name` as ours, then create it (from `template`, else the default).
+
+    The row comes first and commits on its own (CREATE DATABASE cannot run in a
+    transaction): a process killed in between leaves a row the next run's reap clears.
+    """
+    await conn.execute(
+        f"INSERT INTO {REGISTRY}.databases (name, lease, run, worker) VALUES ($1, $2, $3, $4)",
+        name,
+        lease,
+        run,
+        worker,
+    )
+    await create_database(conn, name, template=template)
+
+
+async def create_database(conn: asyncpg.Connection, name: str, *, template: str | None) -> None:
+    """CREATE DATABASE `name`, a copy of `template` when given; never adopts one that exists."""
+    clone = f" TEMPLATE {quote_ident(template)}" if template else ""
+    await conn.execute(f"CREATE DATABASE {quote_ident(name)}{clone}")
+
+
+async def drop_database(conn: asyncpg.Connection, name: str) -> None:
+    """Drop one database of ours, ending the sessions still in it (PostgreSQL 13 and later)."""
+    await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+
+
+async def drop_databases(conn: asyncpg.Connection, names: list[str], *, lease: int) -> list[str]:
+    """Drop the named databases, but only those the registry says this lease owns."""
+    if not names:
+        return []
+    owned = await conn.fetch(
+        f"SELECT name FROM {REGISTRY}.databases WHERE name = ANY($1::text[]) AND lease = $2",
+        names,
+        lease,
+    )
+    dropped = []
+    for row in owned:
+        present = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", row["name"])
+        await drop_database(conn, row["name"])
+        await conn.execute(f"DELETE FROM {REGISTRY}.databases WHERE name = $1", row["name"])
+        if present:
+            dropped.append(row["name"])
+    return dropped
+
+
 def reset_function(schema: str) -> str:
     """The qualified name of the reset function made for one schema (see `reset_script`)."""
     return f"{REGISTRY}.{quote_ident('reset_' + schema)}"
 
 
-async def keep(conn: asyncpg.Connection, name: str) -> None:
-    """Mark a schema kept for inspection; the next run drops it like any dead run's."""
-    await conn.execute(f"UPDATE {REGISTRY}.schemas SET kept = true WHERE name = $1", name)
+async def keep(conn: asyncpg.Connection, name: str, *, table: str = "schemas") -> None:
+    """Mark a schema (or a database) kept for inspection; the next run drops it like any
+    dead run's."""
+    await conn.execute(f"UPDATE {REGISTRY}.{table} SET kept = true WHERE name = $1", name)
 
 
 async def reap(conn: asyncpg.Connection) -> list[str]:
     """Drop every registered schema whose owning process no longer holds its lease."""
-    rows = await conn.fetch(f"SELECT DISTINCT lease FROM {REGISTRY}.schemas")
+    rows = await conn.fetch(
+        f"SELECT lease FROM {REGISTRY}.schemas UNION SELECT lease FROM {REGISTRY}.databases"
+    )
     dropped: list[str] = []
     for row in rows:
         lease = int(row["lease"])
@@ -308,6 +375,13 @@ async def reap(conn: asyncpg.Connection) -> list[str]:
             # and the schemas wait for a later run.
             await terminate_sessions(conn, names, lock_holders=False)
             dropped += await drop(conn, names, lease=lease, lock_timeout_ms=500)
+            databases = [
+                r["name"]
+                for r in await conn.fetch(
+                    f"SELECT name FROM {REGISTRY}.databases WHERE lease = $1", lease
+                )
+            ]
+            dropped += await drop_databases(conn, databases, lease=lease)
         except asyncpg.LockNotAvailableError:
             pass
         finally:

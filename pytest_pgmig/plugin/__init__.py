@@ -129,7 +129,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         folders = "none"
     return [
         f"pgmig: server {server}; migrations {folders} [{opts.migrations.source}]; "
-        f"scope {opts.scope}; keep {opts.keep}"
+        f"scope {opts.scope}; isolation {opts.isolation}; keep {opts.keep}"
         + (f"; ddl log {opts.ddl_log}" if opts.ddl_log.value else "")
     ] + [f"pgmig: {note}" for note in config.stash.get(NOTES, [])]
 
@@ -198,7 +198,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def kept_hint(nodeid: str, schema: PgmigSchema) -> str:
     """The line naming a failing test's kept schema, with a psql command ready to paste."""
     command = f"psql {shlex.quote(redact(schema.dsn))}"
-    return f"{nodeid}: schema {schema.name} kept; inspect it with: {command}"
+    what = f"database {schema.database}" if schema.database else f"schema {schema.name}"
+    return f"{nodeid}: {what} kept; inspect it with: {command}"
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
@@ -239,7 +240,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     info = state.info
     if info is None and state.remote_info is not None:
         info = ServerInfo.from_dict(state.remote_info)
-    if info is None and not state.stats.created:
+    if info is None and not state.stats.created and not state.stats.databases_created:
         return
     terminalreporter.section("pgmig")
     if info is not None:

@@ -85,6 +85,14 @@ OPTIONS = (
         type=settings.scope_type,
     ),
     Option(
+        "isolation",
+        "auto (default): a schema per test, or a database for a migration set that writes "
+        "outside its schema; schema or database force one",
+        "auto, schema or database",
+        metavar="|".join(settings.ISOLATIONS),
+        type=settings.isolation_type,
+    ),
+    Option(
         "keep",
         "keep the schema of each failing test and print a psql command for it",
         "keep failing tests' schemas",

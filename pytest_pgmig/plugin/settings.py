@@ -18,6 +18,7 @@ from pytest_pgmig.servers.info import SOURCES
 T = TypeVar("T")
 
 SCOPES = ("test", "worker")
+ISOLATIONS = ("auto", "schema", "database")
 DEFAULT_STATEMENT_TIMEOUT = 60.0
 # pgdbm 0.5.0 stores module_name in VARCHAR(100); the schema name takes up to 63 of those.
 MAX_MODULE_LEN = 36
@@ -47,11 +48,17 @@ class Settings:
     lock: bool = False
     module: Setting[str | None] = field(default_factory=lambda: Setting(None, "default"))
     ddl_log: Setting[bool] = field(default_factory=lambda: Setting(False, "default"))
+    isolation: Setting[str] = field(default_factory=lambda: Setting("auto", "default"))
 
 
 def scope_type(value: str) -> str:
     """argparse `type=` converter: reject an unknown scope with the accepted ones."""
     return _choice("--pgmig-scope", value, SCOPES)
+
+
+def isolation_type(value: str) -> str:
+    """argparse `type=` converter for --pgmig-isolation."""
+    return _choice("--pgmig-isolation", value, ISOLATIONS)
 
 
 def server_type(value: str) -> str:
@@ -197,6 +204,7 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> 
         ),
         lock=bool(config.getoption("pgmig_lock")),
         ddl_log=_resolve_ddl_log(sources),
+        isolation=sources.pick("pgmig_isolation", isolation_type, "auto"),
     )
 
 

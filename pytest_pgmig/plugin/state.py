@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
@@ -148,6 +148,8 @@ class PgmigState:
         first use."""
         if self.isolation is not None:
             return self.isolation
+        from pytest_pgmig.isolation.auto import AutoIsolation
+        from pytest_pgmig.isolation.databases import DatabaseIsolation
         from pytest_pgmig.isolation.schemas import SchemaIsolation
 
         opts = self.settings
@@ -160,7 +162,12 @@ class PgmigState:
             module_default=first or opts.module.value or "app",
             own_server=info.source != "dsn" or opts.ddl_log.value,
         )
-        isolation = SchemaIsolation(context)
+        strategies: dict[str, Callable[[Context], Isolation]] = {
+            "auto": AutoIsolation,
+            "schema": SchemaIsolation,
+            "database": DatabaseIsolation,
+        }
+        isolation = strategies[opts.isolation.value](context)
         try:
             self._runtime().run(isolation.start())
         except Exception as exc:

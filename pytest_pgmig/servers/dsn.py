@@ -304,3 +304,26 @@ def with_search_path(dsn: str, schema: str, *more: str) -> str:
     quoted = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     kept = _KV_RE.sub(lambda m: "" if m.group(1).lower() == "options" else m.group(0), dsn)
     return f"{kept.strip()} options={quoted}".strip()
+
+
+def with_database(dsn: str, database: str) -> str:
+    """Return ``dsn`` (as a URL) pointing at ``database``; every other parameter kept.
+
+    Example::
+
+        >>> with_database("postgresql://u:pw@h:5432/app?sslmode=require", "t 1")
+        'postgresql://u:pw@h:5432/t%201?sslmode=require'
+    """
+    head, userinfo, rest, _ = _split_url(normalize(dsn))
+    rest, hash_mark, fragment = rest.partition("#")
+    location, _, query = rest.partition("?")
+    pairs = [
+        (k, v)
+        for k, v in parse_qsl(query, keep_blank_values=True)
+        if k not in ("dbname", "database")
+    ]
+    text = f"{head}{userinfo + '@' if userinfo is not None else ''}{location.partition('/')[0]}"
+    text += f"/{quote(database, safe='')}"
+    if pairs:
+        text += "?" + urlencode(pairs, quote_via=quote, safe="")
+    return text + hash_mark + fragment

@@ -1,0 +1,84 @@
+"""Automatic isolation: schemas, and a database for a set that writes outside its schema."""
+
+from __future__ import annotations
+
+from pytest_pgmig.errors import MigrationFailed
+from pytest_pgmig.isolation.base import Context, Sets, Slot, Stats
+from pytest_pgmig.isolation.databases import CannotCreateDatabases, DatabaseIsolation
+from pytest_pgmig.isolation.schemas import SchemaIsolation
+
+
+class AutoIsolation:
+    """The `Isolation` of `--pgmig-isolation=auto`: a schema per test until a set can't.
+
+    A set whose files write outside the schema they migrate (the outside-write check found
+    it, and rolled the file back) is migrated into a template database instead, and runs
+    under database isolation for the rest of the process. Both strategies count into one
+    `Stats`, whose `switched` lines say which set moved and why.
+    """
+
+    def __init__(self, context: Context) -> None:
+        self.schemas = SchemaIsolation(context)
+        self.databases = DatabaseIsolation(context)
+        self.stats: Stats = self.schemas.stats
+        self.databases.stats = self.stats
+        self.warnings: list[str] = self.schemas.warnings
+        self.databases.warnings = self.warnings
+        self._moved: set[Sets] = set()
+        self._databases_started = False
+        self._refused: MigrationFailed | None = None  # the role may not create databases
+
+    async def start(self) -> list[str]:
+        return await self.schemas.start()
+
+    async def acquire(self, sets: Sets, *, spare: bool = False, lane: str = "") -> Slot:
+        if sets not in self._moved:
+            try:
+                return await self.schemas.acquire(sets, spare=spare, lane=lane)
+            except MigrationFailed as exc:
+                if exc.outside is None:
+                    raise
+                self._moved.add(sets)
+                self._note(sets, exc.outside)
+                await self._start_databases(exc)
+        if self._refused is not None:
+            raise MigrationFailed(self._refused.brief, self._refused.brief)
+        return await self.databases.acquire(sets, spare=spare, lane=lane)
+
+    async def _start_databases(self, cause: MigrationFailed) -> None:
+        if self._databases_started or self._refused is not None:
+            return
+        try:
+            await self.databases.start()
+        except CannotCreateDatabases as exc:
+            full = (
+                f"{cause.full}\npgmig: auto isolation would move this set to a database, but {exc}"
+            )
+            self._refused = MigrationFailed(full, f"{cause.brief}; and {exc}")
+            raise self._refused from None
+        self._databases_started = True
+
+    async def release(self, slot: Slot) -> None:
+        await self._owner(slot).release(slot)
+
+    async def keep(self, slot: Slot) -> None:
+        await self._owner(slot).keep(slot)
+
+    async def close(self) -> None:
+        try:
+            if self._databases_started:
+                await self.databases.close()
+        finally:
+            await self.schemas.close()
+
+    def _owner(self, slot: Slot) -> SchemaIsolation | DatabaseIsolation:
+        return self.databases if slot.schema.database is not None else self.schemas
+
+    def _note(self, sets: Sets, why: str) -> None:
+        label = ", ".join(f"{m.module}={m.path}" for m in sets)
+        line = (
+            f"isolation: database for {label} (auto: {why} is outside the test's schema; "
+            "pgmig_isolation = database skips this detection next time)"
+        )
+        if line not in self.stats.switched:
+            self.stats.switched.append(line)

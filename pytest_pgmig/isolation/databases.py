@@ -1,0 +1,273 @@
+"""Database isolation: each set migrated once into a template database, cloned per test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from dataclasses import dataclass, field
+
+import asyncpg  # type: ignore[import-untyped]
+
+from pytest_pgmig.engine.apply import ApplyOptions
+from pytest_pgmig.engine.runner import Runner
+from pytest_pgmig.errors import MigrationError, MigrationFailed, PgmigError
+from pytest_pgmig.isolation import registry
+from pytest_pgmig.isolation.base import Context, PgmigSchema, Sets, Slot, Stats
+from pytest_pgmig.isolation.cluster import ClusterCheck
+from pytest_pgmig.isolation.migrate import migration_failed
+from pytest_pgmig.isolation.reset import TRACKING_TABLE
+from pytest_pgmig.runtime import close_or_terminate
+from pytest_pgmig.servers.dsn import with_database
+
+# the schema a database's migrations land in when they name none, as in production
+PUBLIC = "public"
+
+
+# files run as written (no search_path of ours after public, CREATE EXTENSION kept), but
+# none may change the roles, databases or settings the whole server shares
+_AS_WRITTEN = ApplyOptions(search_path=(), check=ClusterCheck())
+
+
+class CannotCreateDatabases(PgmigError):
+    """The DSN's role may not create databases, so database isolation cannot run."""
+
+
+@dataclass
+class _SetPool:
+    """One migration set's databases: its template, the clean clones, those being made."""
+
+    template: str | None = None
+    free: list[Slot] = field(default_factory=list)
+    pending: deque[asyncio.Task[Slot | None]] = field(default_factory=deque)
+    failure: MigrationFailed | None = None
+    reported: bool = False
+
+
+class DatabaseIsolation:
+    """A database per test (or worker), cloned from a template database migrated once.
+
+    For migration sets a schema cannot hold: a pg_dump baseline that qualifies every name
+    with `public.`, a library keeping tables in a fixed schema of its own. The files run as
+    they would in production (no search_path of ours, `CREATE EXTENSION` as written) into a
+    template database; each test gets a `CREATE DATABASE ... TEMPLATE` copy of it, and a
+    used copy is dropped and cloned again in the background, under the same name, for a
+    later test. Every database is recorded in the registry like a schema.
+
+    Example::
+
+        isolation = DatabaseIsolation(Context(admin_dsn=dsn, run="ab12cd34", worker="gw0"))
+        await isolation.start()
+        slot = await isolation.acquire((MigrationSet("app", Path("migrations")),))
+        ...  # the test uses slot.schema.dsn, a DSN of its own database
+        await isolation.release(slot)
+        await isolation.close()
+    """
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.stats = Stats()
+        self.warnings: list[str] = []
+        self._conn: asyncpg.Connection | None = None
+        self._lease = 0
+        self._pools: dict[tuple[str, Sets], _SetPool] = {}
+        self._mine: list[str] = []
+        self._counter = 0
+        self._op: asyncio.Lock | None = None
+
+    @property
+    def op(self) -> asyncio.Lock:
+        """Serialises work on the one control connection."""
+        if self._op is None:
+            self._op = asyncio.Lock()
+        return self._op
+
+    @property
+    def conn(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            raise ConnectionError("pytest-pgmig's control connection to the server is closed")
+        return self._conn
+
+    async def start(self) -> list[str]:
+        """Connect, check the role may create databases, take a lease, reap dead runs'."""
+        settings = {
+            "application_name": f"pgmig-control:{self.context.run}:{self.context.worker}"[:63],
+            "client_min_messages": "warning",
+        }
+        self._conn = await asyncpg.connect(
+            self.context.admin_dsn, server_settings=settings, timeout=10
+        )
+        may = await self._conn.fetchval(
+            "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
+        )
+        if not may:
+            role = await self._conn.fetchval("SELECT current_user")
+            await self._conn.close()
+            raise CannotCreateDatabases(
+                f"database isolation needs a role that may create databases, and {role!r} "
+                f"lacks the CREATEDB privilege. Grant it (ALTER ROLE {role} CREATEDB), connect "
+                "as a role that has it, or use --pgmig-isolation=schema (migrations that "
+                "write outside their schema then fail, naming the file)."
+            )
+        await registry.install(self._conn, own_server=self.context.own_server)
+        self._lease = await registry.take_lease(self._conn)
+        return await registry.reap(self._conn)
+
+    async def acquire(self, sets: Sets, *, spare: bool = False, lane: str = "") -> Slot:
+        """A clean copy of the set's template database; the template is made on first use."""
+        pool = self._pools.setdefault((lane, sets), _SetPool())
+        slot: Slot | None = None
+        while slot is None and (pool.free or pool.pending) and pool.failure is None:
+            slot = pool.free.pop() if pool.free else await pool.pending.popleft()
+        if pool.failure is not None:
+            failure, first = pool.failure, not pool.reported
+            pool.reported = True
+            raise failure if first else MigrationFailed(failure.brief, failure.brief)
+        if slot is None:
+            async with self.op:
+                template = await self._template(pool, sets)
+                slot = await self._clone(template, sets, lane)
+        if spare and not pool.free and not pool.pending:
+            pool.pending.append(asyncio.create_task(self._spare(pool, sets, lane)))
+        return slot
+
+    async def release(self, slot: Slot) -> None:
+        """Drop the test's database and clone it again, under its name, in the background."""
+        pool = self._pools[(slot.lane, slot.key)]
+        pool.pending.append(asyncio.create_task(self._recycle(pool, slot)))
+
+    async def keep(self, slot: Slot) -> None:
+        """Keep a failed test's database for inspection: never reset, reused or dropped."""
+        name = database_of(slot)
+        async with self.op:
+            await registry.keep(self.conn, name, table="databases")
+        self._mine.remove(name)
+        self.stats.kept += 1
+
+    async def close(self) -> None:
+        """Drop every database this process made (kept ones stay), then disconnect."""
+        conn = self._conn
+        if conn is None:
+            return
+        pending = [task for pool in self._pools.values() for task in pool.pending]
+        await asyncio.gather(*pending, return_exceptions=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.op.acquire(), timeout=5)
+        try:
+            if conn.is_closed():
+                conn = await asyncpg.connect(self.context.admin_dsn, timeout=10)
+            dropped = await registry.drop_databases(conn, self._mine, lease=self._lease)
+            self.stats.databases_dropped += len(dropped)
+            self._mine = []
+        finally:
+            await close_or_terminate(conn)
+            if self._conn is not None and not self._conn.is_closed():
+                await close_or_terminate(self._conn)
+
+    # -- making databases -------------------------------------------------------------------
+
+    async def _template(self, pool: _SetPool, sets: Sets) -> str:
+        """The set's template database, created and migrated on first use (holds `op`)."""
+        if pool.template is not None:
+            return pool.template
+        name = await self._register("tpl", template=None)
+        try:
+            self.stats.migrations += await self._migrate(name, sets)
+        except MigrationFailed as exc:
+            await self._discard(name)
+            if not exc.transient:
+                pool.failure, pool.reported = exc, True
+            raise
+        except BaseException:
+            await self._discard(name)
+            raise
+        pool.template = name
+        return name
+
+    async def _migrate(self, database: str, sets: Sets) -> int:
+        """Apply every set to `database` as production would; the number of files applied."""
+        settings = {
+            "application_name": f"pgmig-migrate:{self.context.run}"[:63],
+            "statement_timeout": str(int(self.context.statement_timeout * 1000)),
+            "client_min_messages": "warning",
+        }
+        dsn = with_database(self.context.admin_dsn, database)
+        conn = await asyncpg.connect(dsn, server_settings=settings, timeout=10)
+        applied = 0
+        try:
+            for mset in sets:
+                # public first on search_path, as a new database has it; the tracking table
+                # named with its schema, so a file that empties search_path (pg_dump) works
+                runner = Runner(
+                    PUBLIC, mset.path, mset.module, table=TRACKING_TABLE, options=_AS_WRITTEN
+                )
+                try:
+                    applied += len((await runner.upgrade(conn)).done)
+                except MigrationError as exc:
+                    raise migration_failed(mset, exc) from None
+        finally:
+            # the template must have no session left, or it cannot be copied
+            await close_or_terminate(conn)
+        return applied
+
+    async def _clone(self, template: str, sets: Sets, lane: str) -> Slot:
+        name = await self._register("d", template=template)
+        lib = sets[0].module if sets else self.context.module_default
+        modules = {mset.module: mset.module for mset in sets}
+        schema = PgmigSchema(
+            name=PUBLIC,
+            module_name=modules.get(lib, lib),
+            dsn=with_database(self.context.admin_dsn, name),
+            module_names=modules,
+            database=name,
+        )
+        return Slot(schema=schema, key=sets, state=template, lane=lane)
+
+    async def _register(self, kind: str, *, template: str | None) -> str:
+        self._counter += 1
+        name = f"pgmig_{self.context.run}_{self.context.worker}_{kind}{self._counter}"
+        await registry.register_database(
+            self.conn,
+            name,
+            lease=self._lease,
+            run=self.context.run,
+            worker=self.context.worker,
+            template=template,
+        )
+        self._mine.append(name)
+        self.stats.databases_created += 1
+        return name
+
+    async def _spare(self, pool: _SetPool, sets: Sets, lane: str) -> Slot | None:
+        async with self.op:
+            assert pool.template is not None
+            return await self._clone(pool.template, sets, lane)
+
+    async def _recycle(self, pool: _SetPool, slot: Slot) -> Slot | None:
+        """The slot's database dropped and copied again from the template: clean, same DSN."""
+        name = database_of(slot)
+        async with self.op:
+            try:
+                await registry.drop_database(self.conn, name)
+                await registry.create_database(self.conn, name, template=slot.state)
+            except asyncpg.PostgresError as exc:
+                self.warnings.append(
+                    f"pgmig: could not clone database {name} again ({type(exc).__name__}: "
+                    f"{exc}); its tests get new databases instead."
+                )
+                await self._discard(name)
+                return None
+        self.stats.reused += 1
+        return slot
+
+    async def _discard(self, name: str) -> None:
+        dropped = await registry.drop_databases(self.conn, [name], lease=self._lease)
+        self.stats.databases_dropped += len(dropped)
+        if name in self._mine:
+            self._mine.remove(name)
+
+
+def database_of(slot: Slot) -> str:
+    """The database a slot of database isolation lives in."""
+    assert slot.schema.database is not None
+    return slot.schema.database
