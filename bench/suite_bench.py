@@ -12,6 +12,7 @@ test bodies and driver are the same for every contender; only the `conn` fixture
   c. worker      pytest-pgmig --pgmig-scope=worker, a connection per worker
   d. pg-postgresql  pytest-postgresql's postgresql_noproc + load, a database per test
   e. b and c under -n 2
+  g. b and c with --pgmig-isolation=database (a template database cloned per test)
 
 All on one embedded server started here; pytest-pgmig runs with --pgmig-dsn and
 PGMIG_DDL_LOG=1 (the event-trigger DDL log it installs on a server of its own; the row
@@ -201,6 +202,16 @@ def bench_set(
         "e. pgmig test -n 2": ("pgmig-test", ["--pgmig-scope=test", "-n", "2"], {}),
         "e. pgmig worker -n 2": ("pgmig-worker", ["--pgmig-scope=worker", "-n", "2"], {}),
         "f. pgmig test, embedded server": ("pgmig-test", ["--pgmig-scope=test"], {"PGMIG_DSN": ""}),
+        "g. pgmig test, database isolation": (
+            "pgmig-test",
+            ["--pgmig-scope=test", "--pgmig-isolation=database"],
+            {},
+        ),
+        "g. pgmig worker, database isolation": (
+            "pgmig-worker",
+            ["--pgmig-scope=worker", "--pgmig-isolation=database"],
+            {},
+        ),
     }
     plans = {k: v for k, v in plans.items() if k in contenders or not contenders}
     if baseline:

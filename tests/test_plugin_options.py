@@ -30,13 +30,17 @@ def test_cli_source_in_header(pytester: pytest.Pytester, server_dsn: str) -> Non
         "--pgmig-migrations=migrations",
         "--pgmig-module=Shop",
         "--pgmig-scope=worker",
+        "--pgmig-isolation=schema",
         "--pgmig-keep",
     )
     result.assert_outcomes(passed=1)
     line = header(result)
     assert line.startswith("pgmig: server dsn ")
     assert " PostgreSQL " in line
-    assert "[cli]; migrations shop=migrations [cli]; scope worker [cli]; keep True [cli]" in line
+    assert (
+        "[cli]; migrations shop=migrations [cli]; scope worker [cli]; isolation schema [cli]; "
+        "keep True [cli]"
+    ) in line
 
 
 def test_env_source_in_header(
@@ -47,11 +51,12 @@ def test_env_source_in_header(
     monkeypatch.setenv("PGMIG_MIGRATIONS", "migrations")
     monkeypatch.setenv("PGMIG_MODULE", "envlib")
     monkeypatch.setenv("PGMIG_SCOPE", "worker")
+    monkeypatch.setenv("PGMIG_ISOLATION", "Database")
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
     line = header(result)
     assert "[env PGMIG_DSN]; migrations envlib=migrations [env PGMIG_MIGRATIONS]" in line
-    assert "scope worker [env PGMIG_SCOPE]" in line
+    assert "scope worker [env PGMIG_SCOPE]; isolation database [env PGMIG_ISOLATION]" in line
     assert "keep False [default]" in line
 
 
@@ -97,7 +102,7 @@ def test_ini_source_in_header(pytester: pytest.Pytester, server_dsn: str, ini_na
     line = header(result)
     source = f"[ini {ini_name}]"
     assert "PostgreSQL 1" in line and f"{source}; migrations inilib=migrations {source}" in line
-    assert f"scope worker {source}; keep True {source}" in line
+    assert f"scope worker {source}; isolation auto [default]; keep True {source}" in line
 
 
 def test_cli_beats_env_beats_ini(
