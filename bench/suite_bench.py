@@ -207,8 +207,9 @@ def bench_set(
             ["--pgmig-scope=test", "--pgmig-isolation=database"],
             {},
         ),
+        # a connection per test: a database's sessions end when it is cloned again
         "g. pgmig worker, database isolation": (
-            "pgmig-worker",
+            "pgmig-test",
             ["--pgmig-scope=worker", "--pgmig-isolation=database"],
             {},
         ),
