@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -13,9 +11,10 @@ from pytest_pgmig.engine.apply import ApplyOptions
 from pytest_pgmig.engine.runner import Runner
 from pytest_pgmig.errors import MigrationError, MigrationFailed, PgmigError
 from pytest_pgmig.isolation import registry
-from pytest_pgmig.isolation.base import Context, PgmigSchema, Sets, Slot, Stats
+from pytest_pgmig.isolation.base import Context, PgmigSchema, Sets, Slot
 from pytest_pgmig.isolation.cluster import ClusterCheck
 from pytest_pgmig.isolation.migrate import migration_failed
+from pytest_pgmig.isolation.pool import ControlSession, SetPool
 from pytest_pgmig.isolation.reset import TRACKING_TABLE
 from pytest_pgmig.runtime import close_or_terminate
 from pytest_pgmig.servers.dsn import with_database
@@ -34,17 +33,13 @@ class CannotCreateDatabases(PgmigError):
 
 
 @dataclass
-class _SetPool:
-    """One migration set's databases: its template, the clean clones, those being made."""
+class _SetPool(SetPool):
+    """One migration set's databases, and its template database (made on first use)."""
 
     template: str | None = None
-    free: list[Slot] = field(default_factory=list)
-    pending: deque[asyncio.Task[Slot | None]] = field(default_factory=deque)
-    failure: MigrationFailed | None = None
-    reported: bool = False
 
 
-class DatabaseIsolation:
+class DatabaseIsolation(ControlSession):
     """A database per test (or worker), cloned from a template database migrated once.
 
     For migration sets a schema cannot hold: a pg_dump baseline that qualifies every name
@@ -65,28 +60,8 @@ class DatabaseIsolation:
     """
 
     def __init__(self, context: Context) -> None:
-        self.context = context
-        self.stats = Stats()
-        self.warnings: list[str] = []
-        self._conn: asyncpg.Connection | None = None
-        self._lease = 0
+        super().__init__(context)
         self._pools: dict[tuple[str, Sets], _SetPool] = {}
-        self._mine: list[str] = []
-        self._counter = 0
-        self._op: asyncio.Lock | None = None
-
-    @property
-    def op(self) -> asyncio.Lock:
-        """Serialises work on the one control connection."""
-        if self._op is None:
-            self._op = asyncio.Lock()
-        return self._op
-
-    @property
-    def conn(self) -> asyncpg.Connection:
-        if self._conn is None or self._conn.is_closed():
-            raise ConnectionError("pytest-pgmig's control connection to the server is closed")
-        return self._conn
 
     async def start(self) -> list[str]:
         """Connect, check the role may create databases, take a lease, reap dead runs'."""
@@ -116,13 +91,7 @@ class DatabaseIsolation:
     async def acquire(self, sets: Sets, *, spare: bool = False, lane: str = "") -> Slot:
         """A clean copy of the set's template database; the template is made on first use."""
         pool = self._pools.setdefault((lane, sets), _SetPool())
-        slot: Slot | None = None
-        while slot is None and (pool.free or pool.pending) and pool.failure is None:
-            slot = pool.free.pop() if pool.free else await pool.pending.popleft()
-        if pool.failure is not None:
-            failure, first = pool.failure, not pool.reported
-            pool.reported = True
-            raise failure if first else MigrationFailed(failure.brief, failure.brief)
+        slot = await pool.take()
         if slot is None:
             async with self.op:
                 template = await self._template(pool, sets)
@@ -149,10 +118,7 @@ class DatabaseIsolation:
         conn = self._conn
         if conn is None:
             return
-        pending = [task for pool in self._pools.values() for task in pool.pending]
-        await asyncio.gather(*pending, return_exceptions=True)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.op.acquire(), timeout=5)
+        await self.settle(self._pools.values(), timeout=5)
         try:
             if conn.is_closed():
                 conn = await asyncpg.connect(self.context.admin_dsn, timeout=10)

@@ -169,17 +169,9 @@ END
 $evt$;
 """
 
-_INSTALL = f"""
-CREATE SCHEMA IF NOT EXISTS {REGISTRY};
-CREATE TABLE IF NOT EXISTS {REGISTRY}.schemas (
-    name text PRIMARY KEY,
-    lease integer NOT NULL,
-    run text NOT NULL,
-    worker text NOT NULL,
-    kept boolean NOT NULL DEFAULT false,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS {REGISTRY}.databases (
+# one table of what each run owns per kind of object, schemas and databases alike
+_OWNED = """
+CREATE TABLE IF NOT EXISTS {registry}.{kind} (
     name text PRIMARY KEY,
     lease integer NOT NULL,
     run text NOT NULL,
@@ -188,6 +180,9 @@ CREATE TABLE IF NOT EXISTS {REGISTRY}.databases (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 """
+_INSTALL = f"CREATE SCHEMA IF NOT EXISTS {REGISTRY};\n" + "".join(
+    _OWNED.format(registry=REGISTRY, kind=kind) for kind in ("schemas", "databases")
+)
 
 
 # exact signatures: a server that holds an older version of a function gets the current one

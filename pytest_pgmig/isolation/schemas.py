@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import asyncpg  # type: ignore[import-untyped]
 
 from pytest_pgmig.errors import MigrationFailed
 from pytest_pgmig.isolation import registry, reset
-from pytest_pgmig.isolation.base import Context, PgmigSchema, Sets, Slot, Stats
+from pytest_pgmig.isolation.base import Context, PgmigSchema, Sets, Slot
 from pytest_pgmig.isolation.migrate import SetMigrator
+from pytest_pgmig.isolation.pool import ControlSession, SetPool
 from pytest_pgmig.runtime import close_or_terminate
 from pytest_pgmig.servers.dsn import with_search_path
 
@@ -28,18 +27,13 @@ _LOCKED = "locked"
 
 
 @dataclass
-class _SetPool:
-    """One migration set's schemas: its template, the clean ones, those being made clean."""
+class _SetPool(SetPool):
+    """One migration set's schemas, and its template schema (made at the first reset)."""
 
     template: reset.Template | None = None
-    free: list[Slot] = field(default_factory=list)
-    # resets and spare creations under way, oldest first; each gives a clean slot or None
-    pending: deque[asyncio.Task[Slot | None]] = field(default_factory=deque)
-    failure: MigrationFailed | None = None  # an error that would recur: the set is broken
-    reported: bool = False  # a test has shown the failure's full text
 
 
-class SchemaIsolation:
+class SchemaIsolation(ControlSession):
     """A schema per test (or worker): the `Isolation` the fixtures use, on one server.
 
     Schemas are created and migrated on a control connection, recorded in the registry under
@@ -56,34 +50,13 @@ class SchemaIsolation:
     """
 
     def __init__(self, context: Context) -> None:
-        self.context = context
-        self.stats = Stats()
-        # messages for the test run's warnings summary, taken by the fixtures
-        self.warnings: list[str] = []
-        self._conn: asyncpg.Connection | None = None
+        super().__init__(context)
         self._reset_conn: asyncpg.Connection | None = None
         self._replica = False
-        self._lease = 0
         self._server_pid = 0
         self._pools: dict[tuple[str, Sets], _SetPool] = {}
-        self._mine: list[str] = []
-        self._counter = 0
-        self._op: asyncio.Lock | None = None
         self._warned: set[Sets] = set()
         self._migrator = SetMigrator()
-
-    @property
-    def op(self) -> asyncio.Lock:
-        """Serialises work on the one control connection (asyncpg runs one query at a time)."""
-        if self._op is None:
-            self._op = asyncio.Lock()
-        return self._op
-
-    @property
-    def conn(self) -> asyncpg.Connection:
-        if self._conn is None or self._conn.is_closed():
-            raise ConnectionError("pytest-pgmig's control connection to the server is closed")
-        return self._conn
 
     @property
     def reset_conn(self) -> asyncpg.Connection:
@@ -129,15 +102,7 @@ class SchemaIsolation:
         test's schema can be reset off the next test's path.
         """
         pool = self._pools.setdefault((lane, sets), _SetPool())
-        slot: Slot | None = None
-        while slot is None and (pool.free or pool.pending) and pool.failure is None:
-            slot = pool.free.pop() if pool.free else await pool.pending.popleft()
-        if pool.failure is not None:
-            # broken while a schema was reset or prepared: the first test to hear of it
-            # shows the whole message, later ones the brief one
-            failure, first = pool.failure, not pool.reported
-            pool.reported = True
-            raise failure if first else MigrationFailed(failure.brief, failure.brief)
+        slot = await pool.take()
         if slot is None:
             async with self.op:
                 try:
@@ -172,11 +137,7 @@ class SchemaIsolation:
         conn = self._conn
         if conn is None:
             return
-        pending = [task for pool in self._pools.values() for task in pool.pending]
-        await asyncio.gather(*pending, return_exceptions=True)
-        with contextlib.suppress(asyncio.TimeoutError):
-            # whatever was interrupted on the control connection finishes unwinding first
-            await asyncio.wait_for(self.op.acquire(), timeout=LOCK_TIMEOUT_MS / 1000)
+        await self.settle(self._pools.values(), timeout=LOCK_TIMEOUT_MS / 1000)
         try:
             if self._mine:
                 await self._drop_mine(conn)
