@@ -49,6 +49,25 @@ class FileCheck(Protocol):
         """The failure to report for an error the check raised, or None for any other."""
 
 
+class RaisingCheck:
+    """A `FileCheck` whose `after_sql` raises one SQLSTATE of its own: `explain` turns that
+    error, and no other, into the failure `failure` describes."""
+
+    sqlstate = ""
+
+    def explain(
+        self, filename: str, exc: asyncpg.PostgresError, *, committed: bool
+    ) -> MigrationError | None:
+        if getattr(exc, "sqlstate", None) != self.sqlstate:
+            return None
+        return self.failure(filename, exc, committed=committed)
+
+    def failure(
+        self, filename: str, exc: asyncpg.PostgresError, *, committed: bool
+    ) -> MigrationError:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class ApplyOptions:
     """How the pytest plugin has files run; not part of pgdbm's API (defaults: pgdbm's way).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg  # type: ignore[import-untyped]
 
+from pytest_pgmig.engine.apply import RaisingCheck
 from pytest_pgmig.engine.sqltext import Statement
 from pytest_pgmig.errors import MigrationError, OutsideSchemaError
 from pytest_pgmig.isolation.guard import preflight_target
@@ -19,9 +20,11 @@ _HINT = (
 )
 
 
-class ClusterCheck:
+class ClusterCheck(RaisingCheck):
     """Refuses, inside a file's transaction, a migration that creates or drops a role; and,
     before it runs, a statement on a database, a tablespace or the server's settings."""
+
+    sqlstate = _CHANGED
 
     def before_sql(self) -> str:
         return f"SELECT set_config('{_SETTING}', {_ROLES}, true);"
@@ -32,11 +35,9 @@ class ClusterCheck:
             f"RAISE EXCEPTION 'roles' USING ERRCODE = '{_CHANGED}'; END IF; END $pgmig$;"
         )
 
-    def explain(
+    def failure(
         self, filename: str, exc: asyncpg.PostgresError, *, committed: bool
-    ) -> MigrationError | None:
-        if getattr(exc, "sqlstate", None) != _CHANGED:
-            return None
+    ) -> MigrationError:
         return _refused(filename, "it creates or drops a role", f"'{filename}' was rolled back.")
 
     async def preflight(

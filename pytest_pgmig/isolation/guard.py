@@ -6,6 +6,7 @@ import re
 
 import asyncpg  # type: ignore[import-untyped]
 
+from pytest_pgmig.engine.apply import RaisingCheck
 from pytest_pgmig.engine.sqltext import Statement
 from pytest_pgmig.engine.templates import sql_literal
 from pytest_pgmig.errors import MigrationError, OutsideSchemaError
@@ -224,7 +225,7 @@ SIGNATURES = (
 )
 
 
-class Guard:
+class Guard(RaisingCheck):
     """The engine's file check (`pytest_pgmig.engine.apply.FileCheck`) for one schema.
 
     Example::
@@ -256,12 +257,12 @@ class Guard:
             f"split_part(current_setting('{_CENSUS_SETTING}'), '|', 2));"
         )
 
-    def explain(
+    sqlstate = OUTSIDE
+
+    def failure(
         self, filename: str, exc: asyncpg.PostgresError, *, committed: bool
-    ) -> MigrationError | None:
-        """The migration failure for a write outside the schema, or None for any other error."""
-        if getattr(exc, "sqlstate", None) != OUTSIDE:
-            return None
+    ) -> MigrationError:
+        """The migration failure for the write outside the schema `after_sql` raised."""
         detail = getattr(exc, "detail", None) or "changed"
         what = f"{getattr(exc, 'message', None) or exc} ({detail})"
         done = (
