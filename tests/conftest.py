@@ -7,6 +7,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+# Imported before any test: pytester drops from sys.modules what a test imported first, and
+# importing asyncpg's compiled protocol module a second time in one process crashes it
+# (a test that starts a server through the plugin's probe would otherwise be the first).
+import asyncpg  # type: ignore[import-untyped]  # noqa: F401
 import pytest
 from plugin_support import REAL_CACHE, run_dirs
 
