@@ -109,9 +109,8 @@ class PgmigState:
         info = self.active or self.info
         address = info.redacted_dsn if info is not None else "the server"
         self.server_error = (
-            f"pgmig: lost the PostgreSQL server {address} ({type(exc).__name__}: "
-            f"{scrub(str(exc), info.dsn) if info else exc}); every later test that "
-            "needs it fails at once. Check the server's log (was it stopped or killed?)."
+            f"pgmig: lost the PostgreSQL server {address} ({_cause(exc, info)}); every later "
+            "test that needs it fails at once. Check the server's log (was it stopped or killed?)."
         )
         fail_test(self.server_error)
 
@@ -211,6 +210,17 @@ class PgmigState:
                 self.handle.detach()
             else:
                 self.handle.stop()
+
+
+def _cause(exc: BaseException, info: ServerInfo | None) -> str:
+    """Why the connection went, in words: asyncpg's own state errors are only its symptom."""
+    import asyncpg
+
+    if isinstance(exc, asyncpg.InternalClientError):
+        # the server went away between a reply and the end of it (a fast shutdown): the
+        # connection is left mid-operation, and asyncpg says so instead of "closed"
+        return "the connection broke in the middle of an operation"
+    return f"{type(exc).__name__}: {scrub(str(exc), info.dsn) if info else exc}"
 
 
 STATE = pytest.StashKey[PgmigState]()
