@@ -92,6 +92,10 @@ class ServerError(PgmigError):
     """
 
 
+class CannotCreateDatabases(PgmigError):
+    """The DSN's role may not create databases, so database isolation cannot run."""
+
+
 class EmbeddedError(ServerError):
     """The local cluster could not be created or started; the message says why and what to do."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from pathlib import Path
 # (a test that starts a server through the plugin's probe would otherwise be the first).
 import asyncpg  # type: ignore[import-untyped]  # noqa: F401
 import pytest
-from plugin_support import REAL_CACHE, run_dirs
+from plugin_support import REAL_CACHE, run_dirs, sql
 
 from pytest_pgmig.servers import runfolders
 
@@ -31,6 +32,17 @@ def server_dsn() -> Iterator[str]:
         yield handle.info.dsn
     finally:
         handle.stop()
+
+
+@pytest.fixture
+def fresh_database(server_dsn: str) -> Iterator[str]:
+    """A new, empty database on the tests' server, as a CI service container's first run has."""
+    name = f"fresh_{uuid.uuid4().hex[:8]}"
+    sql(server_dsn, f'CREATE DATABASE "{name}"')
+    try:
+        yield server_dsn.replace("@/postgres?", f"@/{name}?")
+    finally:
+        sql(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

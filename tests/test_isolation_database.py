@@ -105,17 +105,6 @@ def server_state(dsn: str) -> tuple[object, ...]:
     return databases, roles, pg_dump(dsn)
 
 
-@pytest.fixture
-def fresh_database(server_dsn: str) -> Iterator[str]:
-    """A new, empty database on the tests' server, as a CI service container has."""
-    name = f"fresh_{uuid.uuid4().hex[:8]}"
-    sql(server_dsn, f'CREATE DATABASE "{name}"')
-    try:
-        yield server_dsn.replace("@/postgres?", f"@/{name}?")
-    finally:
-        sql(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
 @pytest.mark.parametrize("case", sorted(SETS))
 @pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
 @pytest.mark.parametrize("scope", ["test", "worker"])

@@ -95,17 +95,6 @@ async def test_pool(pgmig_pool, n):
 """
 
 
-@pytest.fixture
-def fresh_database(server_dsn: str) -> Iterator[str]:
-    """A new, empty database on the tests' server: a CI service container's first run."""
-    name = f"fresh_{uuid.uuid4().hex[:8]}"
-    sql(server_dsn, f'CREATE DATABASE "{name}"')
-    try:
-        yield server_dsn.replace("@/postgres?", f"@/{name}?")
-    finally:
-        sql(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
 def extension_locations(dsn: str) -> dict[str, str]:
     rows = sql(
         dsn,

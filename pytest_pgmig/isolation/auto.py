@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pytest_pgmig.errors import MigrationFailed
+from pytest_pgmig.errors import CannotCreateDatabases, MigrationFailed
 from pytest_pgmig.isolation.base import Context, Sets, Slot, Stats
-from pytest_pgmig.isolation.databases import CannotCreateDatabases, DatabaseIsolation
+from pytest_pgmig.isolation.databases import DatabaseIsolation
 from pytest_pgmig.isolation.schemas import SchemaIsolation
 
 

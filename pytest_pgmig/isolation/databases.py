@@ -9,7 +9,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from pytest_pgmig.engine.apply import ApplyOptions
 from pytest_pgmig.engine.runner import Runner
-from pytest_pgmig.errors import MigrationError, MigrationFailed, PgmigError
+from pytest_pgmig.errors import CannotCreateDatabases, MigrationError, MigrationFailed
 from pytest_pgmig.isolation import registry
 from pytest_pgmig.isolation.base import Context, PgmigSchema, Sets, Slot
 from pytest_pgmig.isolation.cluster import ClusterCheck
@@ -26,10 +26,6 @@ PUBLIC = "public"
 # files run as written (no search_path of ours after public, CREATE EXTENSION kept), but
 # none may change the roles, databases or settings the whole server shares
 _AS_WRITTEN = ApplyOptions(search_path=(), check=ClusterCheck())
-
-
-class CannotCreateDatabases(PgmigError):
-    """The DSN's role may not create databases, so database isolation cannot run."""
 
 
 @dataclass
@@ -187,7 +183,7 @@ class DatabaseIsolation(ControlSession):
             module_names=modules,
             database=name,
         )
-        return Slot(schema=schema, key=sets, state=template, lane=lane)
+        return Slot(schema=schema, key=sets, state="", lane=lane)
 
     async def _register(self, kind: str, *, template: str | None) -> str:
         self._counter += 1
@@ -215,7 +211,7 @@ class DatabaseIsolation(ControlSession):
         async with self.op:
             try:
                 await registry.drop_database(self.conn, name)
-                await registry.create_database(self.conn, name, template=slot.state)
+                await registry.create_database(self.conn, name, template=pool.template)
             except asyncpg.PostgresError as exc:
                 self.warnings.append(
                     f"pgmig: could not clone database {name} again ({type(exc).__name__}: "

@@ -169,12 +169,12 @@ class _Sources:
         self.env = env
         self.ini = _ini_source(config)
 
-    def pick(self, name: str, convert: Any, default: Any, *, env: bool = True) -> Setting[Any]:
+    def pick(self, name: str, convert: Any, default: Any) -> Setting[Any]:
         cli = self.config.getoption(name)
         if cli is not None:
             return Setting(cli, "cli")
         env_name = name.upper()
-        if env and self.env.get(env_name, "").strip():
+        if self.env.get(env_name, "").strip():
             return Setting(_convert(convert, self.env[env_name], env_name), f"env {env_name}")
         raw = self.config.getini(name)
         if isinstance(raw, str) and raw.strip():

@@ -1,0 +1,172 @@
+"""The functions the registry schema holds for resets: state, fingerprint, sessions, DDL log."""
+
+from __future__ import annotations
+
+from pytest_pgmig.isolation.registry import IDLE_KEPT, REGISTRY
+
+_FINGERPRINT = f"""
+CREATE OR REPLACE FUNCTION {REGISTRY}.fingerprint_v1(ns oid) RETURNS text
+LANGUAGE plpgsql STABLE AS $fp$
+-- Every DDL statement writes a catalog row, and a written row has a new xmin: the set of
+-- (oid, xmin) over the schema's catalog rows changes with any DDL and with nothing else.
+-- plpgsql, not sql: its plan is cached in the session instead of re-planned per call.
+BEGIN
+RETURN (SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (
+    SELECT 'n' || n.oid || ':' || n.xmin FROM pg_namespace n WHERE n.oid = ns
+    UNION ALL SELECT 'c' || c.oid || ':' || c.xmin FROM pg_class c WHERE c.relnamespace = ns
+    UNION ALL SELECT 'a' || a.attrelid || '.' || a.attnum || ':' || a.xmin
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        WHERE c.relnamespace = ns AND a.attnum > 0
+    UNION ALL SELECT 'd' || d.oid || ':' || d.xmin
+        FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid WHERE c.relnamespace = ns
+    UNION ALL SELECT 'k' || k.oid || ':' || k.xmin FROM pg_constraint k WHERE k.connamespace = ns
+    UNION ALL SELECT 'i' || i.indexrelid || ':' || i.xmin
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid WHERE c.relnamespace = ns
+    UNION ALL SELECT 't' || t.oid || ':' || t.xmin
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE c.relnamespace = ns
+    UNION ALL SELECT 'r' || r.oid || ':' || r.xmin
+        FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class WHERE c.relnamespace = ns
+    UNION ALL SELECT 'p' || p.oid || ':' || p.xmin FROM pg_proc p WHERE p.pronamespace = ns
+    UNION ALL SELECT 'y' || y.oid || ':' || y.xmin FROM pg_type y WHERE y.typnamespace = ns
+    UNION ALL SELECT 's' || s.seqrelid || ':' || s.xmin
+        FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid WHERE c.relnamespace = ns
+    UNION ALL SELECT 'o' || o.objoid || '.' || o.objsubid || ':' || o.xmin
+        FROM pg_description o JOIN pg_class c ON c.oid = o.objoid WHERE c.relnamespace = ns
+    UNION ALL SELECT 'l' || l.oid || ':' || l.xmin
+        FROM pg_policy l JOIN pg_class c ON c.oid = l.polrelid WHERE c.relnamespace = ns
+) AS catalog(x));
+END
+$fp$;
+"""
+
+_STATE = f"""
+CREATE OR REPLACE FUNCTION {REGISTRY}.state_v1(p_schema text, p_skip text[], p_log boolean)
+RETURNS text
+LANGUAGE plpgsql STABLE AS $state$
+-- A schema's DDL fingerprint plus a hash of the rows of the tables a reset leaves alone
+-- (the migrations tracking table): equal states mean nothing a reset cannot undo happened.
+DECLARE
+    ns oid;
+    rel text;
+    acc text := '';
+BEGIN
+    SELECT oid INTO ns FROM pg_namespace WHERE nspname = p_schema;
+    IF ns IS NULL THEN
+        RETURN NULL;
+    END IF;
+    FOREACH rel IN ARRAY p_skip LOOP
+        IF to_regclass(format('%I.%I', p_schema, rel)) IS NOT NULL THEN
+            acc := acc || rel || '=' || {REGISTRY}.rows_v1(p_schema, rel) || ';';
+        END IF;
+    END LOOP;
+    IF p_log THEN
+        -- on a server of our own the DDL log answers in one probe; elsewhere the
+        -- catalog fingerprint does, at a few milliseconds
+        RETURN 'e' || coalesce((SELECT max(id) FROM {REGISTRY}.ddl
+                               WHERE schema IN (p_schema, '*')), 0) || '/' || md5(acc);
+    END IF;
+    RETURN {REGISTRY}.fingerprint_v1(ns) || '/' || md5(acc);
+END
+$state$;
+"""
+
+_HELPERS = f"""
+CREATE OR REPLACE FUNCTION {REGISTRY}.end_sessions_v1(
+    ns oid, p_app text, p_all boolean
+) RETURNS void LANGUAGE plpgsql AS $end$
+-- End what a test left behind on its schema: its sessions in a transaction or running a
+-- statement, and idle ones past the {IDLE_KEPT} most recent (a harness may keep a connection
+-- to a schema it meets again; a leak must not exhaust the server). With p_all, after a
+-- reset met a lock: every session through the schema's DSN and any session holding a lock
+-- in the schema, whatever DSN it came through (reading pg_locks costs a millisecond or two).
+BEGIN
+    PERFORM pg_terminate_backend(s.pid) FROM (
+        SELECT a.pid, a.state, row_number() OVER (
+            PARTITION BY a.state = 'idle' ORDER BY a.backend_start DESC
+        ) AS newest
+        FROM pg_stat_activity AS a
+        WHERE a.application_name = p_app AND a.pid <> pg_backend_pid()
+    ) AS s
+    WHERE p_all OR s.state IS DISTINCT FROM 'idle' OR s.newest > {IDLE_KEPT};
+    IF p_all THEN
+        PERFORM pg_terminate_backend(l.pid)
+        FROM (SELECT DISTINCT pid FROM pg_locks JOIN pg_class AS c ON c.oid = relation
+              WHERE c.relnamespace = ns AND pid <> pg_backend_pid()) AS l;
+    END IF;
+END
+$end$;
+
+CREATE OR REPLACE FUNCTION {REGISTRY}.rows_v1(p_schema text, p_table text) RETURNS text
+LANGUAGE plpgsql STABLE AS $rows$
+-- A table's rows as one hash: equal hashes, equal rows.
+DECLARE
+    h text;
+BEGIN
+    EXECUTE format(
+        $q$SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), ''))
+           FROM %I.%I AS t$q$, p_schema, p_table
+    ) INTO h;
+    RETURN h;
+END
+$rows$;
+"""
+
+_DDL_LOG = f"""
+CREATE TABLE IF NOT EXISTS {REGISTRY}.ddl (id bigserial PRIMARY KEY, schema text NOT NULL);
+CREATE INDEX IF NOT EXISTS ddl_schema_id ON {REGISTRY}.ddl (schema, id);
+CREATE OR REPLACE FUNCTION {REGISTRY}.log_ddl_v1() RETURNS event_trigger
+LANGUAGE plpgsql AS $log$
+-- Records which of our schemas a DDL command touched ('*' when it names none, e.g. GRANT):
+-- a reset then knows in one index probe whether a test changed DDL.
+BEGIN
+    IF TG_EVENT = 'sql_drop' THEN
+        INSERT INTO {REGISTRY}.ddl (schema)
+        SELECT DISTINCT s FROM (
+            SELECT coalesce(schema_name, address_names[1], '*') AS s
+            FROM pg_event_trigger_dropped_objects()
+        ) AS d
+        WHERE (s LIKE 'pgmig\\_%' AND s <> '{REGISTRY}') OR s = '*';
+    ELSE
+        INSERT INTO {REGISTRY}.ddl (schema)
+        SELECT DISTINCT s FROM (
+            -- objects with no schema of their own (a schema, a trigger, a constraint) are
+            -- addressed by their schema first, then their table and name
+            SELECT coalesce(
+                schema_name,
+                CASE WHEN objid <> 0 THEN
+                    (pg_identify_object_as_address(classid, objid, objsubid)).object_names[1]
+                END,
+                '*'
+            ) AS s
+            FROM pg_event_trigger_ddl_commands()
+        ) AS d
+        WHERE (s LIKE 'pgmig\\_%' AND s <> '{REGISTRY}') OR s = '*';
+    END IF;
+END
+$log$;
+DO $evt$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgmig_ddl_end') THEN
+        CREATE EVENT TRIGGER pgmig_ddl_end ON ddl_command_end
+            EXECUTE FUNCTION {REGISTRY}.log_ddl_v1();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgmig_sql_drop') THEN
+        CREATE EVENT TRIGGER pgmig_sql_drop ON sql_drop
+            EXECUTE FUNCTION {REGISTRY}.log_ddl_v1();
+    END IF;
+END
+$evt$;
+"""
+
+# exact signatures: a server that holds an older version of a function gets the current one
+SIGNATURES = (
+    "fingerprint_v1(oid)",
+    "state_v1(text,text[],boolean)",
+    "end_sessions_v1(oid,text,boolean)",
+    "rows_v1(text,text)",
+)
+
+
+def script(*, own_server: bool) -> str:
+    """The SQL that creates (or replaces) them; the DDL log only on a server of our own."""
+    return _FINGERPRINT + (_DDL_LOG if own_server else "") + _STATE + _HELPERS
