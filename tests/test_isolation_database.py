@@ -159,8 +159,9 @@ def test_forced_database_isolation_and_the_header(
     text = text_of(result)
     result.assert_outcomes(passed=1)
     assert "isolation database [ini" in text
-    # the template, the test's copy, and that copy cloned again at its teardown
-    assert "databases: 3 created, 3 dropped" in text, text
+    # the template and the test's copy, cloned again at its teardown; a run of one test
+    # makes no spare copy
+    assert "databases: 2 created, 2 dropped, 1 cloned again for reuse" in text, text
     assert "isolation: database for" not in text  # not switched: asked for
 
 
@@ -341,3 +342,32 @@ def test_a_reset_database_equals_a_fresh_clone(
         f"--pgmig-scope={scope}",
     )
     result.assert_outcomes(passed=3)
+
+
+def test_one_template_serves_every_lane(pytester: pytest.Pytester, server_dsn: str) -> None:
+    """A set migrated once per process, whether its tests run in test or worker scope."""
+    make_project(
+        pytester,
+        """
+        import pytest
+
+        def test_test_scope(pgmig_schema):
+            assert pgmig_schema.database
+
+        @pytest.mark.pgmig(scope="worker")
+        def test_worker_scope(pgmig_schema):
+            assert pgmig_schema.database
+        """,
+    )
+    result = pytester.runpytest(
+        "-p",
+        "no:randomly",
+        "--pgmig-migrations=migrations",
+        f"--pgmig-dsn={server_dsn}",
+        "--pgmig-isolation=database",
+    )
+    result.assert_outcomes(passed=2)
+    text = text_of(result)
+    # the template and one copy per scope, each cloned again at its teardown
+    assert "databases: 3 created, 3 dropped, 2 cloned again for reuse" in text, text
+    assert "migrations applied: 2" in text, text

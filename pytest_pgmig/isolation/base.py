@@ -89,6 +89,7 @@ class Stats:
     reset_cause: str = ""  # the first failed reset's set and error
     databases_created: int = 0
     databases_dropped: int = 0
+    databases_reused: int = 0  # dropped and cloned again for a later test
     # why a set runs under database isolation (auto mode), one line a set
     switched: list[str] = field(default_factory=list)
     setup_s: list[float] = field(default_factory=list)
@@ -103,6 +104,7 @@ class Stats:
         "reset_failed",
         "databases_created",
         "databases_dropped",
+        "databases_reused",
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,7 +133,10 @@ class Stats:
             f"schemas: {self.created} created, {self.dropped} dropped, {self.kept} kept, "
             f"{self.reused} resets for reuse",
             *(
-                [f"databases: {self.databases_created} created, {self.databases_dropped} dropped"]
+                [
+                    f"databases: {self.databases_created} created, {self.databases_dropped} "
+                    f"dropped, {self.databases_reused} cloned again for reuse"
+                ]
                 if self.databases_created
                 else []
             ),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -28,13 +27,6 @@ PUBLIC = "public"
 _AS_WRITTEN = ApplyOptions(search_path=(), check=ClusterCheck())
 
 
-@dataclass
-class _SetPool(SetPool):
-    """One migration set's databases, and its template database (made on first use)."""
-
-    template: str | None = None
-
-
 class DatabaseIsolation(ControlSession):
     """A database per test (or worker), cloned from a template database migrated once.
 
@@ -57,7 +49,9 @@ class DatabaseIsolation(ControlSession):
 
     def __init__(self, context: Context) -> None:
         super().__init__(context)
-        self._pools: dict[tuple[str, Sets], _SetPool] = {}
+        self._pools: dict[tuple[str, Sets], SetPool] = {}
+        # one template per set, whichever lanes (test, worker, factory) clone it
+        self._templates: dict[Sets, str] = {}
 
     async def start(self) -> list[str]:
         """Connect, check the role may create databases, take a lease, reap dead runs'."""
@@ -86,20 +80,22 @@ class DatabaseIsolation(ControlSession):
 
     async def acquire(self, sets: Sets, *, spare: bool = False, lane: str = "") -> Slot:
         """A clean copy of the set's template database; the template is made on first use."""
-        pool = self._pools.setdefault((lane, sets), _SetPool())
+        pool = self._pools.setdefault((lane, sets), SetPool())
         slot = await pool.take()
         if slot is None:
             async with self.op:
                 template = await self._template(pool, sets)
-                slot = await self._clone(template, sets, lane)
+                return await self._clone(template, sets, lane)
+        # a second test of the set is here: from now on a copy is made while the last is
+        # cloned again (a run of one test never pays for the spare)
         if spare and not pool.free and not pool.pending:
-            pool.pending.append(asyncio.create_task(self._spare(pool, sets, lane)))
+            pool.pending.append(asyncio.create_task(self._spare(sets, lane)))
         return slot
 
     async def release(self, slot: Slot) -> None:
         """Drop the test's database and clone it again, under its name, in the background."""
         pool = self._pools[(slot.lane, slot.key)]
-        pool.pending.append(asyncio.create_task(self._recycle(pool, slot)))
+        pool.pending.append(asyncio.create_task(self._recycle(slot)))
 
     async def keep(self, slot: Slot) -> None:
         """Keep a failed test's database for inspection: never reset, reused or dropped."""
@@ -128,10 +124,10 @@ class DatabaseIsolation(ControlSession):
 
     # -- making databases -------------------------------------------------------------------
 
-    async def _template(self, pool: _SetPool, sets: Sets) -> str:
+    async def _template(self, pool: SetPool, sets: Sets) -> str:
         """The set's template database, created and migrated on first use (holds `op`)."""
-        if pool.template is not None:
-            return pool.template
+        if sets in self._templates:
+            return self._templates[sets]
         name = await self._register("tpl", template=None)
         try:
             self.stats.migrations += await self._migrate(name, sets)
@@ -143,7 +139,7 @@ class DatabaseIsolation(ControlSession):
         except BaseException:
             await self._discard(name)
             raise
-        pool.template = name
+        self._templates[sets] = name
         return name
 
     async def _migrate(self, database: str, sets: Sets) -> int:
@@ -200,18 +196,18 @@ class DatabaseIsolation(ControlSession):
         self.stats.databases_created += 1
         return name
 
-    async def _spare(self, pool: _SetPool, sets: Sets, lane: str) -> Slot | None:
+    async def _spare(self, sets: Sets, lane: str) -> Slot | None:
         async with self.op:
-            assert pool.template is not None
-            return await self._clone(pool.template, sets, lane)
+            return await self._clone(self._templates[sets], sets, lane)
 
-    async def _recycle(self, pool: _SetPool, slot: Slot) -> Slot | None:
+    async def _recycle(self, slot: Slot) -> Slot | None:
         """The slot's database dropped and copied again from the template: clean, same DSN."""
         name = database_of(slot)
         async with self.op:
             try:
                 await registry.drop_database(self.conn, name)
-                await registry.create_database(self.conn, name, template=pool.template)
+                template = self._templates[slot.key]
+                await registry.create_database(self.conn, name, template=template)
             except asyncpg.PostgresError as exc:
                 self.warnings.append(
                     f"pgmig: could not clone database {name} again ({type(exc).__name__}: "
@@ -219,7 +215,7 @@ class DatabaseIsolation(ControlSession):
                 )
                 await self._discard(name)
                 return None
-        self.stats.reused += 1
+        self.stats.databases_reused += 1
         return slot
 
     async def _discard(self, name: str) -> None:
