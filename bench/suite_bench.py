@@ -12,7 +12,8 @@ test bodies and driver are the same for every contender; only the `conn` fixture
   c. worker      pytest-pgmig --pgmig-scope=worker, a connection per worker
   d. pg-postgresql  pytest-postgresql's postgresql_noproc + load, a database per test
   e. b and c under -n 2
-  g. b and c with --pgmig-isolation=database (a template database cloned per test)
+  g. b, b' and c with --pgmig-isolation=database (a template database's copies, reset
+                 in place like schemas)
 
 All on one embedded server started here; pytest-pgmig runs with --pgmig-dsn and
 PGMIG_DDL_LOG=1 (the event-trigger DDL log it installs on a server of its own; the row
@@ -207,9 +208,13 @@ def bench_set(
             ["--pgmig-scope=test", "--pgmig-isolation=database"],
             {},
         ),
-        # a connection per test: a database's sessions end when it is cloned again
-        "g. pgmig worker, database isolation": (
+        "g'. pgmig test, database, no DDL log": (
             "pgmig-test",
+            ["--pgmig-scope=test", "--pgmig-isolation=database"],
+            {"PGMIG_DDL_LOG": "0"},
+        ),
+        "g. pgmig worker, database isolation": (
+            "pgmig-worker",
             ["--pgmig-scope=worker", "--pgmig-isolation=database"],
             {},
         ),

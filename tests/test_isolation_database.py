@@ -159,9 +159,9 @@ def test_forced_database_isolation_and_the_header(
     text = text_of(result)
     result.assert_outcomes(passed=1)
     assert "isolation database [ini" in text
-    # the template and the test's copy, cloned again at its teardown; a run of one test
+    # the template and the test's copy, reset in place at its teardown; a run of one test
     # makes no spare copy
-    assert "databases: 2 created, 2 dropped, 1 cloned again for reuse" in text, text
+    assert "databases: 2 created, 2 dropped, 1 resets for reuse, 0 cloned again" in text, text
     assert "isolation: database for" not in text  # not switched: asked for
 
 
@@ -202,8 +202,19 @@ def test_a_role_is_not_moved_to_a_database(pytester: pytest.Pytester, fresh_data
 @pytest.fixture
 def plain_role_dsn(server_dsn: str) -> Iterator[str]:
     """A role that owns its database but may not create databases."""
-    name = f"nocreatedb_{uuid.uuid4().hex[:6]}"
-    sql(server_dsn, f'CREATE ROLE "{name}" LOGIN NOCREATEDB')
+    yield from role_dsn(server_dsn, "NOCREATEDB")
+
+
+@pytest.fixture
+def createdb_role_dsn(server_dsn: str) -> Iterator[str]:
+    """A role that may create databases but is no superuser (a CI service's usual user)."""
+    yield from role_dsn(server_dsn, "CREATEDB")
+
+
+def role_dsn(server_dsn: str, attributes: str) -> Iterator[str]:
+    """A DSN of a new role with `attributes`, in a database it owns; both dropped after."""
+    name = f"role_{uuid.uuid4().hex[:6]}"
+    sql(server_dsn, f'CREATE ROLE "{name}" LOGIN {attributes}')
     sql(server_dsn, f'CREATE DATABASE "{name}" OWNER "{name}"')
     try:
         yield server_dsn.replace(
@@ -304,8 +315,13 @@ def snapshot(dsn):
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1, 2"
         ).fetchall()
-        rows = conn.execute("SELECT * FROM public.actor ORDER BY id").fetchall()
-        seq = conn.execute("SELECT last_value, is_called FROM public.actor_id_seq").fetchone()
+        rows = conn.execute(
+            "SELECT a.*, s.* FROM public.actor a FULL JOIN mcp_client.servers s ON s.id = a.id"
+        ).fetchall()
+        seq = conn.execute(
+            "SELECT last_value, is_called FROM public.actor_id_seq "
+            "UNION ALL SELECT last_value, is_called FROM mcp_client.servers_id_seq"
+        ).fetchall()
         functions = conn.execute(
             "SELECT proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
             "WHERE n.nspname = 'public' ORDER BY 1"
@@ -323,25 +339,55 @@ def test_reset_database_equals_a_fresh_clone(pgmig_schema, i):
         SEEN.append(now)
     with psycopg.connect(pgmig_schema.dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO public.actor (name) VALUES ('dirty')")
-        conn.execute("ALTER TABLE public.actor ADD COLUMN extra int")
-        conn.execute("CREATE SCHEMA scratch")
-        conn.execute("CREATE FUNCTION public.more() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+        conn.execute("UPDATE public.actor SET name = 'changed' WHERE id = 1")
+        conn.execute("INSERT INTO mcp_client.servers (url) VALUES ('http://test')")
+        conn.execute("DELETE FROM mcp_client.servers WHERE url = 'http://seed'")
+        conn.execute("SELECT nextval('public.actor_id_seq')")
+        if DDL:
+            conn.execute("ALTER TABLE public.actor ADD COLUMN extra int")
+            conn.execute("CREATE SCHEMA scratch")
+            conn.execute("CREATE FUNCTION public.more() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    # a session left in a transaction holding locks, and an idle one: the reset ends the first
+    LEFT.append(psycopg.connect(pgmig_schema.dsn))
+    LEFT[-1].execute("LOCK TABLE mcp_client.servers IN ACCESS EXCLUSIVE MODE")
+    LEFT.append(psycopg.connect(pgmig_schema.dsn, autocommit=True))
+
+LEFT = []
 """
 
 
+@pytest.mark.parametrize("ddl", [False, True], ids=["rows", "ddl"])
 @pytest.mark.parametrize("scope", ["test", "worker"])
 def test_a_reset_database_equals_a_fresh_clone(
-    pytester: pytest.Pytester, server_dsn: str, scope: str
+    pytester: pytest.Pytester, server_dsn: str, scope: str, ddl: bool
 ) -> None:
-    make_project(pytester, EQUIVALENCE_TESTS, files=PG_DUMP)
+    """Rows, seeds and sequences are reset in place; changed DDL gets a new copy."""
+    check_equivalence(pytester, server_dsn, scope=scope, ddl=ddl)
+
+
+@pytest.mark.parametrize("ddl", [False, True], ids=["rows", "ddl"])
+def test_a_reset_database_equals_a_fresh_clone_without_superuser(
+    pytester: pytest.Pytester, createdb_role_dsn: str, ddl: bool
+) -> None:
+    """A role that is no superuser resets by TRUNCATE, triggers and foreign keys live."""
+    check_equivalence(pytester, createdb_role_dsn, scope="test", ddl=ddl)
+
+
+def check_equivalence(pytester: pytest.Pytester, dsn: str, *, scope: str, ddl: bool) -> None:
+    files = {**PG_DUMP, "002_mcp.sql": FIXED_SCHEMA["002_mcp.sql"]}
+    make_project(pytester, f"DDL = {ddl}\n" + EQUIVALENCE_TESTS, files=files)
     result = pytester.runpytest(
         "-p",
         "no:randomly",
         "--pgmig-migrations=migrations",
-        f"--pgmig-dsn={server_dsn}",
+        f"--pgmig-dsn={dsn}",
         f"--pgmig-scope={scope}",
     )
     result.assert_outcomes(passed=3)
+    text = text_of(result)
+    # three tests on one copy: two resets, then the last one's at close
+    again = "3 cloned again" if ddl else "0 cloned again"
+    assert f"{0 if ddl else 3} resets for reuse, {again}" in text, text
 
 
 def test_one_template_serves_every_lane(pytester: pytest.Pytester, server_dsn: str) -> None:
@@ -368,6 +414,40 @@ def test_one_template_serves_every_lane(pytester: pytest.Pytester, server_dsn: s
     )
     result.assert_outcomes(passed=2)
     text = text_of(result)
-    # the template and one copy per scope, each cloned again at its teardown
-    assert "databases: 3 created, 3 dropped, 2 cloned again for reuse" in text, text
+    # the template and one copy per scope, each reset in place at its teardown
+    assert "databases: 3 created, 3 dropped, 2 resets for reuse, 0 cloned again" in text, text
     assert "migrations applied: 2" in text, text
+
+
+def test_a_kept_connection_survives_a_reset(pytester: pytest.Pytester, server_dsn: str) -> None:
+    """An idle session a harness keeps across tests stays, and sees the reset database."""
+    make_project(
+        pytester,
+        """
+        import psycopg
+
+        KEPT = {}
+
+        def conn_for(dsn):
+            if dsn not in KEPT:
+                KEPT[dsn] = psycopg.connect(dsn, autocommit=True)
+            return KEPT[dsn]
+
+        def test_a(pgmig_dsn):
+            conn_for(pgmig_dsn).execute("INSERT INTO public.actor (name) VALUES ('a')")
+
+        def test_b(pgmig_dsn):
+            conn = conn_for(pgmig_dsn)
+            assert len(KEPT) == 1 and not conn.closed
+            assert conn.execute("SELECT name FROM actor").fetchall() == [("SEED",)]
+        """,
+        files=PG_DUMP,
+    )
+    result = pytester.runpytest(
+        "-p",
+        "no:randomly",
+        "--pgmig-migrations=migrations",
+        f"--pgmig-dsn={server_dsn}",
+        "--pgmig-scope=worker",
+    )
+    result.assert_outcomes(passed=2)

@@ -89,7 +89,8 @@ class Stats:
     reset_cause: str = ""  # the first failed reset's set and error
     databases_created: int = 0
     databases_dropped: int = 0
-    databases_reused: int = 0  # dropped and cloned again for a later test
+    databases_reset: int = 0  # reset in place for a later test
+    databases_reused: int = 0  # dropped and cloned again for a later test (DDL changed)
     # why a set runs under database isolation (auto mode), one line a set
     switched: list[str] = field(default_factory=list)
     setup_s: list[float] = field(default_factory=list)
@@ -104,6 +105,7 @@ class Stats:
         "reset_failed",
         "databases_created",
         "databases_dropped",
+        "databases_reset",
         "databases_reused",
     )
 
@@ -135,7 +137,8 @@ class Stats:
             *(
                 [
                     f"databases: {self.databases_created} created, {self.databases_dropped} "
-                    f"dropped, {self.databases_reused} cloned again for reuse"
+                    f"dropped, {self.databases_reset} resets for reuse, {self.databases_reused} "
+                    "cloned again for reuse"
                 ]
                 if self.databases_created
                 else []

@@ -1,4 +1,4 @@
-"""Database isolation: each set migrated once into a template database, cloned per test."""
+"""Database isolation: each set migrated once into a template database, copies reset in place."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import asyncpg  # type: ignore[import-untyped]
 from pytest_pgmig.engine.apply import ApplyOptions
 from pytest_pgmig.engine.runner import Runner
 from pytest_pgmig.errors import CannotCreateDatabases, MigrationError, MigrationFailed
-from pytest_pgmig.isolation import registry
+from pytest_pgmig.isolation import dbreset, registry
 from pytest_pgmig.isolation.base import Context, PgmigSchema, Sets, Slot
 from pytest_pgmig.isolation.cluster import ClusterCheck
 from pytest_pgmig.isolation.migrate import migration_failed
-from pytest_pgmig.isolation.pool import ControlSession, SetPool
+from pytest_pgmig.isolation.pool import RESET_LOCK_TIMEOUT_MS, ControlSession, SetPool
 from pytest_pgmig.isolation.reset import TRACKING_TABLE
 from pytest_pgmig.runtime import close_or_terminate
 from pytest_pgmig.servers.dsn import with_database
@@ -33,9 +33,11 @@ class DatabaseIsolation(ControlSession):
     For migration sets a schema cannot hold: a pg_dump baseline that qualifies every name
     with `public.`, a library keeping tables in a fixed schema of its own. The files run as
     they would in production (no search_path of ours, `CREATE EXTENSION` as written) into a
-    template database; each test gets a `CREATE DATABASE ... TEMPLATE` copy of it, and a
-    used copy is dropped and cloned again in the background, under the same name, for a
-    later test. Every database is recorded in the registry like a schema.
+    template database; each test gets a `CREATE DATABASE ... TEMPLATE` copy of it. A used
+    copy is reset in place in the background, like a schema (`dbreset`: every schema's rows,
+    seeds and sequences), on a session of its own in the copy; a copy whose DDL a test
+    changed is dropped and cloned again under the same name. Every database is recorded in
+    the registry like a schema.
 
     Example::
 
@@ -50,8 +52,12 @@ class DatabaseIsolation(ControlSession):
     def __init__(self, context: Context) -> None:
         super().__init__(context)
         self._pools: dict[tuple[str, Sets], SetPool] = {}
-        # one template per set, whichever lanes (test, worker, factory) clone it
-        self._templates: dict[Sets, str] = {}
+        # one template per set, whichever lanes (test, worker, factory) clone it, and the
+        # state its copies start in
+        self._templates: dict[Sets, tuple[str, str]] = {}
+        # a session in each copy that has been reset, by database name
+        self._resetters: dict[str, asyncpg.Connection] = {}
+        self._replica = False
 
     async def start(self) -> list[str]:
         """Connect, check the role may create databases, take a lease, reap dead runs'."""
@@ -64,6 +70,9 @@ class DatabaseIsolation(ControlSession):
         )
         may = await self._conn.fetchval(
             "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
+        )
+        self._replica = bool(
+            await self._conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
         )
         if not may:
             role = await self._conn.fetchval("SELECT current_user")
@@ -93,13 +102,14 @@ class DatabaseIsolation(ControlSession):
         return slot
 
     async def release(self, slot: Slot) -> None:
-        """Drop the test's database and clone it again, under its name, in the background."""
+        """Reset the test's database in the background (ending its sessions) for a later test."""
         pool = self._pools[(slot.lane, slot.key)]
-        pool.pending.append(asyncio.create_task(self._recycle(slot)))
+        pool.pending.append(asyncio.create_task(self._reset(slot)))
 
     async def keep(self, slot: Slot) -> None:
         """Keep a failed test's database for inspection: never reset, reused or dropped."""
         name = database_of(slot)
+        await self._end_resetter(name)
         async with self.op:
             await registry.keep(self.conn, name, table="databases")
         self._mine.remove(name)
@@ -111,6 +121,8 @@ class DatabaseIsolation(ControlSession):
         if conn is None:
             return
         await self.settle(self._pools.values(), timeout=5)
+        for name in list(self._resetters):
+            await self._end_resetter(name)
         try:
             if conn.is_closed():
                 conn = await asyncpg.connect(self.context.admin_dsn, timeout=10)
@@ -124,13 +136,14 @@ class DatabaseIsolation(ControlSession):
 
     # -- making databases -------------------------------------------------------------------
 
-    async def _template(self, pool: SetPool, sets: Sets) -> str:
-        """The set's template database, created and migrated on first use (holds `op`)."""
+    async def _template(self, pool: SetPool, sets: Sets) -> tuple[str, str]:
+        """The set's template database and its state, made on first use (holds `op`)."""
         if sets in self._templates:
             return self._templates[sets]
         name = await self._register("tpl", template=None)
         try:
-            self.stats.migrations += await self._migrate(name, sets)
+            applied, state = await self._migrate(name, sets)
+            self.stats.migrations += applied
         except MigrationFailed as exc:
             await self._discard(name)
             if not exc.transient:
@@ -139,11 +152,12 @@ class DatabaseIsolation(ControlSession):
         except BaseException:
             await self._discard(name)
             raise
-        self._templates[sets] = name
-        return name
+        self._templates[sets] = (name, state)
+        return name, state
 
-    async def _migrate(self, database: str, sets: Sets) -> int:
-        """Apply every set to `database` as production would; the number of files applied."""
+    async def _migrate(self, database: str, sets: Sets) -> tuple[int, str]:
+        """Apply every set to `database` as production would, and make it able to reset its
+        copies: the number of files applied, and the state the copies start in."""
         settings = {
             "application_name": f"pgmig-migrate:{self.context.run}"[:63],
             "statement_timeout": str(int(self.context.statement_timeout * 1000)),
@@ -163,13 +177,14 @@ class DatabaseIsolation(ControlSession):
                     applied += len((await runner.upgrade(conn)).done)
                 except MigrationError as exc:
                     raise migration_failed(mset, exc) from None
+            state = await dbreset.prepare(conn, replica=self._replica, log=self.context.own_server)
         finally:
             # the template must have no session left, or it cannot be copied
             await close_or_terminate(conn)
-        return applied
+        return applied, state
 
-    async def _clone(self, template: str, sets: Sets, lane: str) -> Slot:
-        name = await self._register("d", template=template)
+    async def _clone(self, template: tuple[str, str], sets: Sets, lane: str) -> Slot:
+        name = await self._register("d", template=template[0])
         lib = sets[0].module if sets else self.context.module_default
         modules = {mset.module: mset.module for mset in sets}
         schema = PgmigSchema(
@@ -179,7 +194,7 @@ class DatabaseIsolation(ControlSession):
             module_names=modules,
             database=name,
         )
-        return Slot(schema=schema, key=sets, state="", lane=lane)
+        return Slot(schema=schema, key=sets, state=template[1], lane=lane)
 
     async def _register(self, kind: str, *, template: str | None) -> str:
         self._counter += 1
@@ -200,14 +215,68 @@ class DatabaseIsolation(ControlSession):
         async with self.op:
             return await self._clone(self._templates[sets], sets, lane)
 
+    async def _reset(self, slot: Slot) -> Slot | None:
+        """Undo a test's work in its database: the slot, clean, or None when it was dropped.
+
+        First what the test left running or in a transaction (and idle sessions past a
+        few); if a lock still times out, every session in the database. A test that changed
+        DDL, or a reset that failed, has the database cloned again instead.
+        """
+        name = database_of(slot)
+        for every in (False, True):
+            try:
+                conn = await self._resetter(name)
+                state = await conn.fetchval(
+                    dbreset.RESET, slot.state, every, self.context.own_server
+                )
+            except asyncpg.LockNotAvailableError:
+                continue
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+                self.warnings.append(
+                    f"pgmig: resetting database {name} failed ({type(exc).__name__}: {exc}); "
+                    "it is cloned again instead, which is slower."
+                )
+                break
+            if state is None:
+                break  # DDL changed: only a new copy is clean
+            slot.state = state
+            self.stats.databases_reset += 1
+            return slot
+        return await self._recycle(slot)
+
+    async def _resetter(self, name: str) -> asyncpg.Connection:
+        """The session that resets copy `name`, opened at its first reset."""
+        conn = self._resetters.get(name)
+        if conn is None or conn.is_closed():
+            settings = {
+                "application_name": f"pgmig-reset:{self.context.run}:{self.context.worker}"[:63],
+                "lock_timeout": str(RESET_LOCK_TIMEOUT_MS),
+                "statement_timeout": str(int(self.context.statement_timeout * 1000)),
+                "client_min_messages": "warning",
+            }
+            if self._replica:
+                # rows go by DELETE with no user or FK trigger firing
+                settings["session_replication_role"] = "replica"
+            dsn = with_database(self.context.admin_dsn, name)
+            conn = await asyncpg.connect(dsn, server_settings=settings, timeout=10)
+            self._resetters[name] = conn
+        return conn
+
+    async def _end_resetter(self, name: str) -> None:
+        conn = self._resetters.pop(name, None)
+        if conn is not None and not conn.is_closed():
+            await close_or_terminate(conn)
+
     async def _recycle(self, slot: Slot) -> Slot | None:
         """The slot's database dropped and copied again from the template: clean, same DSN."""
         name = database_of(slot)
+        await self._end_resetter(name)
         async with self.op:
             try:
                 await registry.drop_database(self.conn, name)
-                template = self._templates[slot.key]
+                template, state = self._templates[slot.key]
                 await registry.create_database(self.conn, name, template=template)
+                slot.state = state
             except asyncpg.PostgresError as exc:
                 self.warnings.append(
                     f"pgmig: could not clone database {name} again ({type(exc).__name__}: "

@@ -79,13 +79,19 @@ CREATE OR REPLACE FUNCTION {REGISTRY}.end_sessions_v1(
 -- to a schema it meets again; a leak must not exhaust the server). With p_all, after a
 -- reset met a lock: every session through the schema's DSN and any session holding a lock
 -- in the schema, whatever DSN it came through (reading pg_locks costs a millisecond or two).
+-- With p_app NULL, in a database of the plugin's own that serves one test at a time: every
+-- session in it counts as the test's.
 BEGIN
     PERFORM pg_terminate_backend(s.pid) FROM (
         SELECT a.pid, a.state, row_number() OVER (
             PARTITION BY a.state = 'idle' ORDER BY a.backend_start DESC
         ) AS newest
         FROM pg_stat_activity AS a
-        WHERE a.application_name = p_app AND a.pid <> pg_backend_pid()
+        WHERE a.pid <> pg_backend_pid() AND CASE
+            WHEN p_app IS NOT NULL THEN a.application_name = p_app
+            ELSE a.datname = current_database() AND a.backend_type = 'client backend'
+                 AND pg_has_role(a.usesysid, 'MEMBER')
+        END
     ) AS s
     WHERE p_all OR s.state IS DISTINCT FROM 'idle' OR s.newest > {IDLE_KEPT};
     IF p_all THEN
@@ -125,7 +131,7 @@ BEGIN
             SELECT coalesce(schema_name, address_names[1], '*') AS s
             FROM pg_event_trigger_dropped_objects()
         ) AS d
-        WHERE (s LIKE 'pgmig\\_%' AND s <> '{REGISTRY}') OR s = '*';
+        WHERE {{logged}};
     ELSE
         INSERT INTO {REGISTRY}.ddl (schema)
         SELECT DISTINCT s FROM (
@@ -140,7 +146,7 @@ BEGIN
             ) AS s
             FROM pg_event_trigger_ddl_commands()
         ) AS d
-        WHERE (s LIKE 'pgmig\\_%' AND s <> '{REGISTRY}') OR s = '*';
+        WHERE {{logged}};
     END IF;
 END
 $log$;
@@ -167,6 +173,15 @@ SIGNATURES = (
 )
 
 
-def script(*, own_server: bool) -> str:
-    """The SQL that creates (or replaces) them; the DDL log only on a server of our own."""
-    return _FINGERPRINT + (_DDL_LOG if own_server else "") + _STATE + _HELPERS
+# which schemas the DDL log records: on the shared database, ours (pgmig_...) but the
+# registry; in a database of our own (database isolation), every schema but ours and the
+# sessions' temporary ones
+_OURS = f"(s LIKE 'pgmig\\_%' AND s <> '{REGISTRY}') OR s = '*'"
+_EVERY = r"s = '*' OR (s NOT LIKE 'pgmig\_%' AND s !~ '^pg_(toast_)?temp_')"
+
+
+def script(*, own_server: bool, every_schema: bool = False) -> str:
+    """The SQL that creates (or replaces) them; the DDL log only on a server of our own,
+    recording `every_schema` in a database the plugin made."""
+    log = _DDL_LOG.replace("{logged}", _EVERY if every_schema else _OURS) if own_server else ""
+    return _FINGERPRINT + log + _STATE + _HELPERS

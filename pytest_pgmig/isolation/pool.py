@@ -13,6 +13,9 @@ import asyncpg  # type: ignore[import-untyped]
 from pytest_pgmig.errors import MigrationFailed
 from pytest_pgmig.isolation.base import Context, Slot, Stats
 
+# a reset that meets a lock ends the lock's holder rather than wait long for it
+RESET_LOCK_TIMEOUT_MS = 1000
+
 
 @dataclass
 class SetPool:

@@ -13,7 +13,7 @@ from pytest_pgmig.errors import MigrationFailed
 from pytest_pgmig.isolation import registry, reset
 from pytest_pgmig.isolation.base import Context, PgmigSchema, Sets, Slot
 from pytest_pgmig.isolation.migrate import SetMigrator
-from pytest_pgmig.isolation.pool import ControlSession, SetPool
+from pytest_pgmig.isolation.pool import RESET_LOCK_TIMEOUT_MS, ControlSession, SetPool
 from pytest_pgmig.runtime import close_or_terminate
 from pytest_pgmig.servers.dsn import with_search_path
 
@@ -21,7 +21,6 @@ from pytest_pgmig.servers.dsn import with_search_path
 TRANSIENT_TRIES = 3
 # a test that leaves a lock held must not stall teardown for long
 LOCK_TIMEOUT_MS = 5000
-RESET_LOCK_TIMEOUT_MS = 1000
 # what `_run_reset` answers when locks held it up twice: the schema must be replaced
 _LOCKED = "locked"
 
