@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pytest
-import pytest_asyncio
 
 from pytest_pgmig.errors import MigrationFailed
 from pytest_pgmig.isolation.base import MigrationSet, PgmigSchema, Sets, Slot
@@ -33,25 +32,42 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = 10
 
 
-def _require_function_loop(request: pytest.FixtureRequest, fixture: str) -> None:
-    """Our async fixtures live on the test's function-scoped loop; say so if the test's isn't.
+LOOP_SCOPES = ("function", "class", "module", "package", "session")
+T = TypeVar("T")
 
-    A connection works only on the loop that opened it, so a test on a module or session
-    loop would get one that fails on first use.
-    """
+
+class Runner(Protocol):
+    """An event loop runner (Runner, or its backport on Python 3.10)."""
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T: ...
+
+
+def test_loop_scope(request: pytest.FixtureRequest) -> str:
+    """The scope of the event loop the test runs on: its asyncio mark's, else the ini's."""
     mark = request.node.get_closest_marker("asyncio")
     scope = None
     if mark is not None:
         scope = mark.kwargs.get("loop_scope") or mark.kwargs.get("scope")
-    scope = scope or request.config.getini("asyncio_default_test_loop_scope") or "function"
-    if scope != "function":
+    return str(scope or request.config.getini("asyncio_default_test_loop_scope") or "function")
+
+
+def _test_runner(request: pytest.FixtureRequest, fixture: str) -> Runner:
+    """The runner of the loop the test runs on, which our connections must belong to.
+
+    A connection works only on the loop that opened it, and a suite may run its tests on a
+    class, module, package or session loop to share an app or engine; so the fixtures open
+    theirs on the test's loop, through pytest-asyncio's runner of that scope, whatever the
+    fixture loop scope is.
+    """
+    scope = test_loop_scope(request)
+    if scope not in LOOP_SCOPES:
         pytest.fail(
-            f"{fixture} opens its connection on the test's function-scoped event loop, but "
-            f"this test runs on a {scope}-scoped loop. Run it on the function loop "
-            "(@pytest.mark.asyncio without loop_scope), or open your own connection from "
-            "pgmig_dsn on your loop.",
+            f"{fixture}: the test's asyncio loop scope {scope!r} is not one of "
+            f"{', '.join(LOOP_SCOPES)}.",
             pytrace=False,
         )
+    runner: Runner = request.getfixturevalue(f"_{scope}_scoped_runner")
+    return runner
 
 
 @pytest.fixture(scope="session")
@@ -98,26 +114,28 @@ def pgmig_dsn(pgmig_schema: PgmigSchema) -> str:
     return pgmig_schema.dsn
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def pgmig_conn(
-    request: pytest.FixtureRequest, pgmig_schema: PgmigSchema
-) -> AsyncIterator[Any]:
-    """An asyncpg connection on the test's loop, the schema first on its search_path.
+@pytest.fixture
+def pgmig_conn(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> Iterator[Any]:
+    """An asyncpg connection on the test's loop (whatever its scope), the schema first on
+    its search_path.
 
     In worker scope it runs inside a transaction rolled back at teardown; the test's own
     `conn.transaction()` blocks become savepoints.
     """
     import asyncpg  # type: ignore[import-untyped]
 
-    _require_function_loop(request, "pgmig_conn")
-    conn = await asyncpg.connect(pgmig_schema.dsn, timeout=CONNECT_TIMEOUT)
-    outer = None
-    if marker.plan(request)[1] == "worker":
-        outer = conn.transaction()
-        await outer.start()
-    try:
-        yield conn
-    finally:
+    runner = _test_runner(request, "pgmig_conn")
+    worker = marker.plan(request)[1] == "worker"
+
+    async def open_() -> tuple[Any, Any]:
+        conn = await asyncpg.connect(pgmig_schema.dsn, timeout=CONNECT_TIMEOUT)
+        outer = None
+        if worker:
+            outer = conn.transaction()
+            await outer.start()
+        return conn, outer
+
+    async def close(conn: Any, outer: Any) -> None:
         if outer is not None and not conn.is_closed():
             try:
                 if KEPT in request.node.stash:
@@ -129,27 +147,35 @@ async def pgmig_conn(
                 conn.terminate()
         await close_or_terminate(conn)
 
+    conn, outer = runner.run(open_())
+    try:
+        yield conn
+    finally:
+        runner.run(close(conn, outer))
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def pgmig_pool(
-    request: pytest.FixtureRequest, pgmig_schema: PgmigSchema
-) -> AsyncIterator[Any]:
-    """An asyncpg pool into the schema, sized so that every xdist worker fits the server."""
+
+@pytest.fixture
+def pgmig_pool(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> Iterator[Any]:
+    """An asyncpg pool into the schema on the test's loop, sized so that every xdist worker
+    fits the server."""
     import asyncpg
 
-    _require_function_loop(request, "pgmig_pool")
+    runner = _test_runner(request, "pgmig_pool")
     size = state_of(request.config).pool_size()
-    pool = await asyncpg.create_pool(
-        pgmig_schema.dsn, min_size=1, max_size=size, timeout=CONNECT_TIMEOUT
-    )
+    async def open_() -> Any:
+        return await asyncpg.create_pool(
+            pgmig_schema.dsn, min_size=1, max_size=size, timeout=CONNECT_TIMEOUT
+        )
+
+    pool = runner.run(open_())
     try:
         yield pool
     finally:
-        await close_or_terminate(pool)
+        runner.run(close_or_terminate(pool))
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def pgmig_db(pgmig_schema: PgmigSchema, pgmig_conn: Any) -> AsyncIterator[Any]:
+@pytest.fixture
+def pgmig_db(pgmig_schema: PgmigSchema, pgmig_conn: Any) -> Any:
     """An AsyncDatabaseManager bound to the schema, on the test's `pgmig_conn` connection.
 
     `{{tables.users}}` renders to `"<schema>".users`; its writes and pgmig_conn's are one
@@ -157,13 +183,13 @@ async def pgmig_db(pgmig_schema: PgmigSchema, pgmig_conn: Any) -> AsyncIterator[
     """
     from pytest_pgmig.engine.database import AsyncDatabaseManager, OneConnectionPool
 
-    yield AsyncDatabaseManager(pool=OneConnectionPool(pgmig_conn), schema=pgmig_schema.name)
+    return AsyncDatabaseManager(pool=OneConnectionPool(pgmig_conn), schema=pgmig_schema.name)
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def pgmig_migrations(
+@pytest.fixture
+def pgmig_migrations(
     request: pytest.FixtureRequest, pgmig_schema: PgmigSchema, pgmig_db: Any
-) -> AsyncIterator[Any]:
+) -> Any:
     """The AsyncMigrationManager that migrated the schema (module_name=<lib>_<schema>)."""
     from pytest_pgmig.engine.migrations import AsyncMigrationManager
 
@@ -174,7 +200,7 @@ async def pgmig_migrations(
             "pgmig_migrations in the ini file, or mark the test @pytest.mark.pgmig(migrations=...)",
             pytrace=False,
         )
-    yield AsyncMigrationManager(
+    return AsyncMigrationManager(
         pgmig_db, migrations_path=str(sets[0].path), module_name=pgmig_schema.module_name
     )
 
