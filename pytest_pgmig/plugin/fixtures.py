@@ -162,6 +162,7 @@ def pgmig_pool(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> Ite
 
     runner = _test_runner(request, "pgmig_pool")
     size = state_of(request.config).pool_size()
+
     async def open_() -> Any:
         return await asyncpg.create_pool(
             pgmig_schema.dsn, min_size=1, max_size=size, timeout=CONNECT_TIMEOUT
