@@ -68,3 +68,18 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith("PGMIG_") and name not in ("PGMIG_PG_BINDIR",):
             monkeypatch.delenv(name)
     monkeypatch.setenv("PGMIG_CACHE_DIR", REAL_CACHE)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which PostgreSQL the suite's servers run (CI runs it on 15 and on 18)."""
+    import subprocess
+
+    from pytest_pgmig.servers import binaries
+
+    bindir = binaries.find_bindir()
+    if bindir is None:
+        return "pgmig tests: no local PostgreSQL server binaries"
+    version = subprocess.run(
+        [str(bindir / "postgres"), "-V"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return f"pgmig tests: {version} from {bindir}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import textwrap
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,17 @@ def run_dirs(base: Path) -> list[Path]:
     if not base.is_dir():
         return []
     return sorted(p for p in base.iterdir() if RUN_DIR.match(p.name))
+
+
+def role_dsn(server_dsn: str, attributes: str) -> Iterator[str]:
+    """A DSN of a new role with `attributes`, in a database it owns; both dropped after."""
+    name = f"role_{uuid.uuid4().hex[:6]}"
+    sql(server_dsn, f'CREATE ROLE "{name}" LOGIN {attributes}')
+    sql(server_dsn, f'CREATE DATABASE "{name}" OWNER "{name}"')
+    try:
+        yield server_dsn.replace(
+            "postgresql://postgres@/postgres?", f"postgresql://{name}@/{name}?"
+        )
+    finally:
+        sql(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)')
+        sql(server_dsn, f'DROP ROLE "{name}"')

@@ -7,12 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from plugin_support import make_project, sql, write_migrations
+from plugin_support import make_project, role_dsn, sql, write_migrations
 from reliability_support import pg_dump, text_of
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -211,20 +210,6 @@ def createdb_role_dsn(server_dsn: str) -> Iterator[str]:
     yield from role_dsn(server_dsn, "CREATEDB")
 
 
-def role_dsn(server_dsn: str, attributes: str) -> Iterator[str]:
-    """A DSN of a new role with `attributes`, in a database it owns; both dropped after."""
-    name = f"role_{uuid.uuid4().hex[:6]}"
-    sql(server_dsn, f'CREATE ROLE "{name}" LOGIN {attributes}')
-    sql(server_dsn, f'CREATE DATABASE "{name}" OWNER "{name}"')
-    try:
-        yield server_dsn.replace(
-            "postgresql://postgres@/postgres?", f"postgresql://{name}@/{name}?"
-        )
-    finally:
-        sql(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)')
-        sql(server_dsn, f'DROP ROLE "{name}"')
-
-
 def test_a_role_without_createdb_is_told_what_to_do(
     pytester: pytest.Pytester, plain_role_dsn: str
 ) -> None:
@@ -250,9 +235,18 @@ def our_databases(dsn: str) -> set[str]:
     return {r[0] for r in sql(dsn, "SELECT datname FROM pg_database WHERE datname LIKE 'pgmig_%'")}
 
 
-def test_a_killed_runs_databases_are_removed_by_the_next_run(
-    pytester: pytest.Pytester, fresh_database: str
+def ours_on_the_server(dsn: str) -> set[str]:
+    """The databases and login roles of runs on the server (schemas' roles: roles.py)."""
+    roles = {r[0] for r in sql(dsn, "SELECT rolname FROM pg_roles WHERE rolname LIKE 'pgmig_%'")}
+    return our_databases(dsn) | roles
+
+
+@pytest.mark.parametrize("case", ["pg_dump", "schemas"])
+def test_a_killed_runs_databases_and_roles_are_removed_by_the_next_run(
+    pytester: pytest.Pytester, fresh_database: str, case: str
 ) -> None:
+    """A killed run's template and copies (database isolation), or its schemas' login roles
+    (schema isolation), are dropped by the next run."""
     make_project(
         pytester,
         """
@@ -261,7 +255,7 @@ def test_a_killed_runs_databases_are_removed_by_the_next_run(
             open(os.environ["READY"], "w").close()
             time.sleep(60)
         """,
-        files=PG_DUMP,
+        files=PG_DUMP if case == "pg_dump" else None,
     )
     ready = pytester.path / "ready"
     env = {**os.environ, "READY": str(ready)}
@@ -285,19 +279,18 @@ def test_a_killed_runs_databases_are_removed_by_the_next_run(
         while not ready.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert ready.exists()
-        left = our_databases(fresh_database)
-        assert left, "the hanging run made no database"
+        left = ours_on_the_server(fresh_database)
+        assert left, "the hanging run made no database or role"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert our_databases(fresh_database) == left  # killed: nothing dropped them
+    assert ours_on_the_server(fresh_database) == left  # killed: nothing dropped them
     (pytester.path / "test_next.py").write_text("def test_next(pgmig_schema):\n    pass\n")
     result = pytester.runpytest(
         "test_next.py", "--pgmig-migrations=migrations", f"--pgmig-dsn={fresh_database}"
     )
     result.assert_outcomes(passed=1)
-    assert not our_databases(fresh_database) & left
-    assert not our_databases(fresh_database)
+    assert not ours_on_the_server(fresh_database)
 
 
 EQUIVALENCE_TESTS = """

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
-from plugin_support import make_project
+from plugin_support import make_project, role_dsn, sql
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -137,3 +140,150 @@ def test_async_fixtures_on_the_ini_default_loop_on_the_embedded_server(
         "-p", "no:randomly", "--pgmig-migrations=migrations", "-n", "2", "--dist=loadfile"
     )
     result.assert_outcomes(passed=2)
+
+
+# Every driver users bring, on pgmig_dsn unchanged (async engines by swapping the scheme):
+# each lands in the test's schema, and sees the extension schema's objects after it.
+DRIVER_TESTS = """
+import asyncio
+
+import asyncpg
+import psycopg
+import psycopg2
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+Q = "SELECT current_schema(), count(*) FROM users"
+
+
+def check(row, pgmig_schema):
+    assert tuple(row) == (pgmig_schema.name, 1), row
+
+
+def test_psycopg(pgmig_dsn, pgmig_schema):
+    with psycopg.connect(pgmig_dsn) as conn:
+        check(conn.execute(Q).fetchone(), pgmig_schema)
+
+
+def test_psycopg2(pgmig_dsn, pgmig_schema):
+    conn = psycopg2.connect(pgmig_dsn)
+    try:
+        cur = conn.cursor()
+        cur.execute(Q)
+        check(cur.fetchone(), pgmig_schema)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("scheme", ["postgresql+psycopg", "postgresql+psycopg2"])
+def test_sqlalchemy_sync(pgmig_dsn, pgmig_schema, scheme):
+    engine = sa.create_engine(pgmig_dsn.replace("postgresql://", scheme + "://", 1))
+    try:
+        with engine.connect() as conn:
+            check(conn.execute(sa.text(Q)).one(), pgmig_schema)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.asyncio
+async def test_asyncpg(pgmig_dsn, pgmig_schema):
+    conn = await asyncpg.connect(pgmig_dsn)
+    try:
+        check(await conn.fetchrow(Q), pgmig_schema)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("scheme", ["postgresql+asyncpg", "postgresql+psycopg"])
+async def test_sqlalchemy_async(pgmig_dsn, pgmig_schema, scheme):
+    engine = create_async_engine(pgmig_dsn.replace("postgresql://", scheme + "://", 1))
+    try:
+        async with engine.connect() as conn:
+            check((await conn.execute(sa.text(Q))).one(), pgmig_schema)
+            await conn.execute(sa.text("INSERT INTO users (name) VALUES ('x')"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.asyncio
+async def test_sqlalchemy_async_with_the_documented_helper(pgmig_schema):
+    url = pgmig_schema.plain_dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    engine = create_async_engine(
+        url, connect_args={"server_settings": dict(pgmig_schema.server_settings)}
+    )
+    try:
+        async with engine.connect() as conn:
+            check((await conn.execute(sa.text(Q))).one(), pgmig_schema)
+    finally:
+        await engine.dispose()
+"""
+DRIVER_PASSED = 8
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
+@pytest.mark.parametrize("scope", ["test", "worker"])
+def test_every_driver_lands_in_the_schema(
+    pytester: pytest.Pytester, server_dsn: str, xdist: bool, scope: str
+) -> None:
+    make_project(pytester, DRIVER_TESTS, ini=INI.format(mode="strict"))
+    args = ["-p", "no:randomly", "--pgmig-migrations=migrations", f"--pgmig-scope={scope}"]
+    args += [f"--pgmig-dsn={server_dsn}"]
+    result = pytester.runpytest_subprocess(*args, *(["-n", "2"] if xdist else []))
+    result.assert_outcomes(passed=DRIVER_PASSED)
+    assert "drivers:" not in "\n".join(result.outlines)  # roles work: no fallback note
+
+
+@pytest.fixture
+def plain_role_dsn(server_dsn: str) -> Iterator[str]:
+    """A role that is no superuser: the plugin may not give schemas roles of their own."""
+    yield from role_dsn(server_dsn, "")
+
+
+def test_without_roles_the_dsn_has_options_and_the_summary_says_so(
+    pytester: pytest.Pytester, plain_role_dsn: str
+) -> None:
+    make_project(pytester, DRIVER_TESTS, ini=INI.format(mode="strict"))
+    result = pytester.runpytest_subprocess(
+        "-p", "no:randomly", "--pgmig-migrations=migrations", f"--pgmig-dsn={plain_role_dsn}"
+    )
+    # SQLAlchemy's asyncpg dialect on pgmig_dsn as is: asyncpg rejects `options`
+    result.assert_outcomes(passed=DRIVER_PASSED - 1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "drivers: pgmig_dsn sets search_path with libpq's `options` (the DSN's role is not "
+            "a superuser)*plain_dsn*connect_args*",
+            "FAILED*test_sqlalchemy_async*postgresql+asyncpg*",
+        ]
+    )
+
+
+@pytest.fixture
+def postgres_only_dsn() -> Iterator[str]:
+    """A server of this test's own whose pg_hba.conf lets in the `postgres` role alone."""
+    from pytest_pgmig.servers.sources import start_server
+
+    handle = start_server(requested="local")
+    try:
+        hba = Path(handle.spec["run_dir"]) / "pg" / "data" / "pg_hba.conf"
+        hba.write_text("local all postgres trust\n")
+        sql(handle.info.dsn, "SELECT pg_reload_conf()")
+        yield handle.info.dsn
+    finally:
+        handle.stop()
+
+
+def test_a_role_the_server_refuses_falls_back_to_options(
+    pytester: pytest.Pytester, postgres_only_dsn: str
+) -> None:
+    make_project(pytester, DRIVER_TESTS, ini=INI.format(mode="strict"))
+    roles_before = sql(postgres_only_dsn, "SELECT rolname FROM pg_roles ORDER BY 1")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:randomly", "--pgmig-migrations=migrations", f"--pgmig-dsn={postgres_only_dsn}"
+    )
+    result.assert_outcomes(passed=DRIVER_PASSED - 1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["drivers: pgmig_dsn sets search_path with libpq's `options` (a role of the schema's*"]
+    )
+    assert sql(postgres_only_dsn, "SELECT rolname FROM pg_roles ORDER BY 1") == roles_before

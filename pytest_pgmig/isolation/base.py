@@ -27,8 +27,13 @@ class PgmigSchema:
     """A migrated schema handed to a test.
 
     `dsn` opens connections with the schema first on search_path, e.g.
-    `psycopg.connect(pgmig_schema.dsn)`; `module_name` is `<lib>_<schema>` for the first
-    migrations folder, `module_names` maps every folder's `<lib>` to its module_name.
+    `psycopg.connect(pgmig_schema.dsn)`: it logs in as a role of the schema's own whose
+    settings set search_path, so every driver lands in the schema. Where the plugin may not
+    create roles it sets search_path with libpq's `options` instead; `plain_dsn` (no
+    parameters of ours) with `server_settings` then serves a driver that rejects `options`
+    (SQLAlchemy's asyncpg dialect: `connect_args={"server_settings": ...}`).
+    `module_name` is `<lib>_<schema>` for the first migrations folder, `module_names` maps
+    every folder's `<lib>` to its module_name.
 
     Under database isolation `database` is the test's own database, `dsn` connects to it
     with the server's default search_path, `name` is `public` and `module_name` is `<lib>`.
@@ -39,6 +44,12 @@ class PgmigSchema:
     dsn: str
     module_names: Mapping[str, str] = field(default_factory=dict)
     database: str | None = None  # set under database isolation
+    plain_dsn: str = ""  # `dsn` without our parameters (the same DSN when it has none)
+    server_settings: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.plain_dsn:
+            object.__setattr__(self, "plain_dsn", self.dsn)
 
     def __repr__(self) -> str:
         where = f", database={self.database!r}" if self.database else ""
@@ -93,6 +104,8 @@ class Stats:
     databases_reused: int = 0  # dropped and cloned again for a later test (DDL changed)
     # why a set runs under database isolation (auto mode), one line a set
     switched: list[str] = field(default_factory=list)
+    # what else the summary must say once (how schemas' DSNs set search_path)
+    notes: list[str] = field(default_factory=list)
     setup_s: list[float] = field(default_factory=list)
     teardown_s: list[float] = field(default_factory=list)
 
@@ -114,6 +127,7 @@ class Stats:
         data.update(
             reset_cause=self.reset_cause,
             switched=self.switched,
+            notes=self.notes,
             setup_s=self.setup_s,
             teardown_s=self.teardown_s,
         )
@@ -124,6 +138,7 @@ class Stats:
             setattr(self, name, getattr(self, name) + int(data.get(name, 0)))
         self.reset_cause = self.reset_cause or str(data.get("reset_cause", ""))
         self.switched += [line for line in data.get("switched", ()) if line not in self.switched]
+        self.notes += [line for line in data.get("notes", ()) if line not in self.notes]
         self.setup_s += list(data.get("setup_s", ()))
         self.teardown_s += list(data.get("teardown_s", ()))
 
@@ -144,6 +159,7 @@ class Stats:
                 else []
             ),
             *self.switched,
+            *self.notes,
             f"migrations applied: {self.migrations}",
             f"isolation cost: {total:.2f} s in set-up and teardown over {len(per_test)} "
             f"tests, median {median:.1f} ms per test",

@@ -8,8 +8,13 @@ from pytest_pgmig.engine.apply import RaisingCheck
 from pytest_pgmig.engine.sqltext import Statement
 from pytest_pgmig.errors import MigrationError, OutsideSchemaError
 from pytest_pgmig.isolation.guard import preflight_target
+from pytest_pgmig.isolation.registry import ROLE_PATTERN
 
-_ROLES = "(SELECT count(*) || ':' || coalesce(max(oid::bigint), 0) FROM pg_roles)"
+# (not counting the login roles schemas get: registry.ROLE_PATTERN)
+_ROLES = (
+    "(SELECT count(*) || ':' || coalesce(max(oid::bigint), 0) FROM pg_roles "
+    f"WHERE rolname !~ '{ROLE_PATTERN}')"
+)
 _SETTING = "pgmig.roles"
 _CHANGED = "PGMRC"  # the SQLSTATE our check raises
 

@@ -10,7 +10,7 @@ from pytest_pgmig.engine.apply import RaisingCheck
 from pytest_pgmig.engine.sqltext import Statement
 from pytest_pgmig.engine.templates import sql_literal
 from pytest_pgmig.errors import MigrationError, OutsideSchemaError
-from pytest_pgmig.isolation.registry import REGISTRY
+from pytest_pgmig.isolation.registry import REGISTRY, ROLE_PATTERN
 
 # the SQLSTATE outside_v1 raises: a write outside the migrated schema
 OUTSIDE = "PGM01"
@@ -35,7 +35,7 @@ RETURNS boolean LANGUAGE sql STABLE AS $cast$
     )
 $cast$;
 
-CREATE OR REPLACE FUNCTION {REGISTRY}.census_v1(p_schema text) RETURNS text
+CREATE OR REPLACE FUNCTION {REGISTRY}.census_v2(p_schema text) RETURNS text
 LANGUAGE plpgsql STABLE AS $census$
 -- How many objects every other schema holds, and the database-wide objects: a count that
 -- fell while a migration ran means it dropped something that was not its own.
@@ -57,8 +57,9 @@ BEGIN
         UNION ALL SELECT 'schema', count(*) FROM pg_namespace
             WHERE oid >= 16384 AND oid <> ALL (skip)
         UNION ALL SELECT 'extension', count(*) FROM pg_extension
-        UNION ALL SELECT 'role', count(*) FROM pg_roles
+        UNION ALL SELECT 'role', count(*) FROM pg_roles WHERE rolname !~ '{ROLE_PATTERN}'
         UNION ALL SELECT 'role-oid', max(oid::bigint) FROM pg_roles
+            WHERE rolname !~ '{ROLE_PATTERN}'
         UNION ALL SELECT 'event trigger', count(*) FROM pg_event_trigger
         UNION ALL SELECT 'publication', count(*) FROM pg_publication
         UNION ALL SELECT 'cast', count(*) FROM pg_cast
@@ -180,7 +181,7 @@ BEGIN
             MESSAGE = (SELECT o.type || ' ' || o.identity
                        FROM pg_identify_object('pg_class'::regclass, hit.relation, 0) AS o);
     END LOOP;
-    now_ := {REGISTRY}.census_v1(p_schema);
+    now_ := {REGISTRY}.census_v2(p_schema);
     IF now_ IS DISTINCT FROM p_census THEN
         FOR hit IN
             SELECT split_part(b, '=', 1) AS k, split_part(b, '=', 2)::bigint AS n
@@ -195,7 +196,8 @@ BEGIN
                         MESSAGE = 'sequence ' || split_part(hit.k, ':', 2)::oid::regclass::text;
                 END IF;
             ELSIF hit.k = 'role-oid' THEN
-                SELECT string_agg(rolname, ', ') INTO was FROM pg_roles WHERE oid::bigint > hit.n;
+                SELECT string_agg(rolname, ', ') INTO was FROM pg_roles
+                    WHERE oid::bigint > hit.n AND rolname !~ '{ROLE_PATTERN}';
                 IF was IS NOT NULL THEN
                     RAISE EXCEPTION USING ERRCODE = '{OUTSIDE}', DETAIL = 'created',
                         MESSAGE = 'role ' || was;
@@ -218,7 +220,7 @@ $outside$;
 SIGNATURES = (
     "skipped_ns_v1(text)",
     "foreign_cast_v1(oid,oid,oid[])",
-    "census_v1(text)",
+    "census_v2(text)",
     "is_mine_v1(xid,bigint)",
     "restore_sequences_v1(text)",
     "outside_v1(text,text)",
@@ -246,7 +248,7 @@ class Guard(RaisingCheck):
         return (
             f"SELECT CASE WHEN coalesce(current_setting('{_CENSUS_SETTING}', true), '') "
             f"NOT LIKE {tag} || '%' THEN set_config('{_CENSUS_SETTING}', "
-            f"{tag} || {REGISTRY}.census_v1({sql_literal(self.schema)}), false) END, "
+            f"{tag} || {REGISTRY}.census_v2({sql_literal(self.schema)}), false) END, "
             "txid_current();"
         )
 

@@ -13,6 +13,9 @@ REGISTRY = "pgmig_registry"
 IDLE_KEPT = 4
 # classid of every advisory lock the plugin takes (b"pgmi"), so ours never meet a user's keys
 LOCK_CLASS = 0x70676D69
+# the names of the login roles schemas get (roles.py): the schema's, pgmig_<run>_<worker>_s<n>;
+# the outside-write checks do not count them, as other tests make and drop them meanwhile
+ROLE_PATTERN = r"^pgmig_[0-9a-f]{8}_[A-Za-z0-9]+_s[0-9]+$"
 _INSTALL_LOCK = 0  # objid serialising the registry's creation
 
 # one table of what each run owns per kind of object, schemas and databases alike
@@ -90,7 +93,8 @@ async def register(
 async def drop(
     conn: asyncpg.Connection, names: list[str], *, lease: int, lock_timeout_ms: int | None = None
 ) -> list[str]:
-    """Drop the named schemas, but only those the registry says this lease owns."""
+    """Drop the named schemas, but only those the registry says this lease owns, and the
+    login role each may have (`roles.py`: named like its schema, so owned with it)."""
     if not names:
         return []
     async with conn.transaction():
@@ -117,7 +121,20 @@ async def drop(
             )
         for name in owned:
             await conn.execute(f"DROP FUNCTION IF EXISTS {reset_function(name)}")
+        await drop_roles(conn, owned)
     return present
+
+
+async def drop_roles(conn: asyncpg.Connection, names: list[str]) -> None:
+    """Drop the login roles of these schemas that exist, handing what each still owns to
+    the admin role first (what a test made outside its schema stays, as without roles)."""
+    for row in await conn.fetch(
+        "SELECT rolname FROM pg_roles WHERE rolname = ANY($1::text[])", names
+    ):
+        role = quote_ident(row["rolname"])
+        await conn.execute(
+            f"REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE {role}"
+        )
 
 
 async def register_database(

