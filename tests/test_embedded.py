@@ -214,7 +214,9 @@ def test_without_the_initdb_cache(base: Path, monkeypatch: pytest.MonkeyPatch) -
     try:
         assert cluster.made_by == "initdb"
         assert fetch(dsn_of(cluster), "SHOW server_encoding") == "UTF8"
-        assert fetch(dsn_of(cluster), "SHOW lc_collate") == "C"
+        # (the database's collation: PostgreSQL 16 dropped the lc_collate setting)
+        collate = "SELECT datcollate FROM pg_database WHERE datname = current_database()"
+        assert fetch(dsn_of(cluster), collate) == "C"
     finally:
         cluster.stop()
 

@@ -240,7 +240,7 @@ def test_unknown_scope_from_ini(pytester: pytest.Pytester) -> None:
 def test_unknown_server_source(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_x="def test_x(): pass")
     text = usage_error(pytester.runpytest("--pgmig-server=cloud"))
-    assert "invalid --pgmig-server value 'cloud': choose one of auto, local, docker" in text
+    assert "invalid --pgmig-server value 'cloud': choose one of auto, local, wheel, docker" in text
 
 
 def test_module_for_several_folders_is_an_error(pytester: pytest.Pytester) -> None:

