@@ -96,15 +96,29 @@ asyncio_default_fixture_loop_scope = function
 """
 
 
+def server_args(request: pytest.FixtureRequest, server: str) -> list[str]:
+    """The DSN of the suite's server, or a private run folder for an embedded one."""
+    if server == "dsn":
+        return [f"--pgmig-dsn={request.getfixturevalue('server_dsn')}"]
+    request.getfixturevalue("run_base")
+    return []
+
+
 @pytest.mark.parametrize("mode", ["strict", "auto"])
 @pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
 @pytest.mark.parametrize("scope", ["test", "worker"])
+@pytest.mark.parametrize("server", ["dsn", "embedded"])
 def test_async_fixtures_on_every_loop_scope(
-    pytester: pytest.Pytester, server_dsn: str, mode: str, xdist: bool, scope: str
+    pytester: pytest.Pytester,
+    request: pytest.FixtureRequest,
+    mode: str,
+    xdist: bool,
+    scope: str,
+    server: str,
 ) -> None:
     make_project(pytester, LOOP_TESTS, ini=INI.format(mode=mode))
     args = ["-p", "no:randomly", "--pgmig-migrations=migrations", f"--pgmig-scope={scope}"]
-    args += [f"--pgmig-dsn={server_dsn}"]
+    args += server_args(request, server)
     if xdist:
         # every test of a loop scope on one worker, as pytest-asyncio's loops are per process
         result = pytester.runpytest_subprocess(*args, "-n", "2", "--dist=loadfile")
@@ -224,12 +238,13 @@ DRIVER_PASSED = 8
 
 @pytest.mark.parametrize("xdist", [False, True], ids=["serial", "n2"])
 @pytest.mark.parametrize("scope", ["test", "worker"])
+@pytest.mark.parametrize("server", ["dsn", "embedded"])
 def test_every_driver_lands_in_the_schema(
-    pytester: pytest.Pytester, server_dsn: str, xdist: bool, scope: str
+    pytester: pytest.Pytester, request: pytest.FixtureRequest, xdist: bool, scope: str, server: str
 ) -> None:
     make_project(pytester, DRIVER_TESTS, ini=INI.format(mode="strict"))
     args = ["-p", "no:randomly", "--pgmig-migrations=migrations", f"--pgmig-scope={scope}"]
-    args += [f"--pgmig-dsn={server_dsn}"]
+    args += server_args(request, server)
     result = pytester.runpytest_subprocess(*args, *(["-n", "2"] if xdist else []))
     result.assert_outcomes(passed=DRIVER_PASSED)
     assert "drivers:" not in "\n".join(result.outlines)  # roles work: no fallback note
