@@ -265,12 +265,13 @@ def test_without_roles_the_dsn_has_options_and_the_summary_says_so(
     )
     # SQLAlchemy's asyncpg dialect on pgmig_dsn as is: asyncpg rejects `options`
     result.assert_outcomes(passed=DRIVER_PASSED - 1, failed=1)
+    note = (
+        "drivers: pgmig_dsn sets search_path with libpq's `options` (the DSN's role is not "
+        "a superuser)*plain_dsn*connect_args*"
+    )
+    # said in the header, before any test, and in the summary
     result.stdout.fnmatch_lines(
-        [
-            "drivers: pgmig_dsn sets search_path with libpq's `options` (the DSN's role is not "
-            "a superuser)*plain_dsn*connect_args*",
-            "FAILED*test_sqlalchemy_async*postgresql+asyncpg*",
-        ]
+        [f"pgmig: {note}", "collected*", note, "FAILED*test_sqlalchemy_async*postgresql+asyncpg*"]
     )
 
 

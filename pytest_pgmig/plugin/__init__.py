@@ -118,9 +118,14 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if state is None:
         return []
     opts = state.settings
+    notes = list(_notes(config))
     if opts.dsn.value and state.info is not None:
         info = state.info
         server = f"dsn {info.address} PostgreSQL {version_text(info.version)} [{opts.dsn.source}]"
+        if not info.superuser:
+            from pytest_pgmig.isolation.roles import FALLBACK
+
+            notes.append("drivers: " + FALLBACK.format(why="the DSN's role is not a superuser"))
     else:
         server = f"{opts.server.value} [{opts.server.source}]: {_local_plan(opts.server.value)}"
     if opts.migrations.value:
@@ -131,7 +136,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"pgmig: server {server}; migrations {folders} [{opts.migrations.source}]; "
         f"scope {opts.scope}; isolation {opts.isolation}; keep {opts.keep}"
         + (f"; ddl log {opts.ddl_log}" if opts.ddl_log.value else "")
-    ] + [f"pgmig: {note}" for note in config.stash.get(NOTES, [])]
+    ] + [f"pgmig: {note}" for note in notes]
 
 
 def _local_plan(requested: str) -> str:

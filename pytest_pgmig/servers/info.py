@@ -42,6 +42,7 @@ class ServerInfo:
     user: str
     version: tuple[int, ...]
     source: str
+    superuser: bool = True  # the DSN's role (the plugin's own servers: always)
 
     @property
     def redacted_dsn(self) -> str:
@@ -70,6 +71,7 @@ class ServerInfo:
             user=str(data["user"]),
             version=tuple(int(part) for part in data["version"]),
             source=str(data["source"]),
+            superuser=bool(data.get("superuser", True)),
         )
 
     def __repr__(self) -> str:

@@ -18,12 +18,17 @@ def _version_tuple(num: int) -> tuple[int, ...]:
     return (num // 10000, num // 100 % 100, num % 100)
 
 
-async def _fetch_version_num(dsn: str, timeout: float) -> int:
+async def _fetch(dsn: str, timeout: float) -> tuple[int, bool]:
+    """The server's version number, and whether the DSN's role is a superuser."""
     import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
     conn = await asyncio.wait_for(asyncpg.connect(dsn, timeout=timeout), timeout + 1)
     try:
-        return int(await conn.fetchval("SELECT current_setting('server_version_num')"))
+        row = await conn.fetchrow(
+            "SELECT current_setting('server_version_num')::int, "
+            "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+        )
+        return int(row[0]), bool(row[1])
     finally:
         await asyncio.wait_for(conn.close(), timeout)
 
@@ -72,7 +77,8 @@ def _cause_and_fix(exc: BaseException, parts: DsnParts, timeout: float) -> tuple
 
 
 def probe(dsn: str, *, timeout: float = 5.0) -> tuple[int, ...]:
-    """Connect once to ``dsn`` and return the server's version, e.g. ``(16, 4)``.
+    """Connect once to ``dsn`` and return the server's version, e.g. ``(16, 4)``
+    (see :func:`probe_role` for the role too).
 
     Sync (it runs its own short event loop), bounded by ``timeout`` seconds. Any failure
     (unreachable, refused, bad password, missing database, a server older than
@@ -84,6 +90,11 @@ def probe(dsn: str, *, timeout: float = 5.0) -> tuple[int, ...]:
         >>> probe("postgresql://postgres@/postgres?host=/tmp/pg")
         (15, 18)
     """
+    return probe_role(dsn, timeout=timeout)[0]
+
+
+def probe_role(dsn: str, *, timeout: float = 5.0) -> tuple[tuple[int, ...], bool]:
+    """As :func:`probe`, with whether the DSN's role is a superuser."""
     try:
         parts = parse(dsn)
     except ValueError as exc:
@@ -92,7 +103,7 @@ def probe(dsn: str, *, timeout: float = 5.0) -> tuple[int, ...]:
         # its own loop, in a thread: this may be called from inside a running event loop
         runtime = Runtime()
         try:
-            num = runtime.run(_fetch_version_num(normalize(dsn), timeout))
+            num, superuser = runtime.run(_fetch(normalize(dsn), timeout))
         finally:
             runtime.close()
     except Exception as exc:
@@ -109,4 +120,4 @@ def probe(dsn: str, *, timeout: float = 5.0) -> tuple[int, ...]:
             f"{parts.database!r}) is older than {version_text(MIN_VERSION)}, the oldest "
             "version pytest-pgmig supports. Use a newer server."
         )
-    return version
+    return version, superuser

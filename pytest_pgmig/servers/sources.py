@@ -11,7 +11,7 @@ from pytest_pgmig.servers import binaries, embedded, wheel
 from pytest_pgmig.servers.docker import docker_available, start_docker
 from pytest_pgmig.servers.dsn import normalize, parse, redact, socket_dsn
 from pytest_pgmig.servers.info import SOURCES, ServerHandle, ServerInfo
-from pytest_pgmig.servers.probe import probe
+from pytest_pgmig.servers.probe import probe, probe_role
 
 _HOW_TO_GET_A_SERVER = """\
 Four ways to get one:
@@ -152,9 +152,11 @@ def start_server(
     if source == "dsn":
         assert dsn is not None
         dsn = normalize(dsn)
-        version = probe(dsn)
+        version, superuser = probe_role(dsn)
         parts = parse(dsn)
-        info = ServerInfo(dsn, parts.host, parts.port, parts.database, parts.user, version, "dsn")
+        info = ServerInfo(
+            dsn, parts.host, parts.port, parts.database, parts.user, version, "dsn", superuser
+        )
         return ServerHandle(info)
     if source == "local":
         return start_local(bindir=bindir, max_connections=max_connections)
