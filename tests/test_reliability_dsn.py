@@ -75,7 +75,7 @@ def test_server_older_than_the_oldest_supported_major(
     pytester runs the inner pytest in this process, so the replaced version reaches the
     plugin's start-up probe, and the user sees the message the version check produces.
     """
-    monkeypatch.setattr(probe, "_fetch_version_num", fake_version(110022))
+    monkeypatch.setattr(probe, "_fetch", fake_version(110022))
     write_migrations(pytester.path)
     pytester.makepyfile(test_x="def test_x(pgmig_dsn): pass")
     text = usage_error(
@@ -87,11 +87,11 @@ def test_server_older_than_the_oldest_supported_major(
 
 
 def fake_version(num: int) -> object:
-    real = probe._fetch_version_num
+    real = probe._fetch
 
-    async def fetch(dsn: str, timeout: float) -> int:
-        await real(dsn, timeout)  # the connection (and password) is real
-        return num
+    async def fetch(dsn: str, timeout: float) -> tuple[int, bool]:
+        _, superuser = await real(dsn, timeout)  # the connection (and password) is real
+        return num, superuser
 
     return fetch
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -55,7 +56,7 @@ class Roles:
         if self.enabled:
             try:
                 return await self._role_dsn(conn, schema, path)
-            except (asyncpg.PostgresError, OSError) as exc:
+            except (asyncpg.PostgresError, OSError, asyncio.TimeoutError) as exc:
                 self.off(f"a role of the schema's own could not log in: {type(exc).__name__}")
         return options_dsn(self.admin_dsn, schema, path)
 
