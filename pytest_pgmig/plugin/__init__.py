@@ -13,6 +13,7 @@ import pytest
 from pytest_pgmig.engine import lockfile
 from pytest_pgmig.isolation.base import PgmigSchema
 from pytest_pgmig.plugin import checks, options, settings
+from pytest_pgmig.plugin.connections import pgmig_psycopg
 from pytest_pgmig.plugin.fixtures import (
     pgmig_conn,
     pgmig_db,
@@ -34,6 +35,7 @@ __all__ = [
     "pgmig_factory",
     "pgmig_migrations",
     "pgmig_pool",
+    "pgmig_psycopg",
     "pgmig_schema",
     "pgmig_server",
 ]

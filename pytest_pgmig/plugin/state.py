@@ -70,6 +70,7 @@ class PgmigState:
     remote_info: dict[str, Any] | None = None
     kept: list[str] = field(default_factory=list)
     checked_folders: set[Path] = field(default_factory=set)  # marker and factory folders
+    psycopg: dict[str, Any] = field(default_factory=dict)  # pgmig_psycopg's, by schema DSN
     closed: bool = False
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
@@ -187,6 +188,10 @@ class PgmigState:
         if self.closed:
             return
         self.closed = True
+        if self.psycopg:
+            from pytest_pgmig.plugin.connections import close_kept
+
+            close_kept(self.psycopg)  # their sessions would hold up the schemas' drop
         if self.isolation is not None and self.runtime is not None:
             try:
                 self.runtime.run(self.isolation.close(), timeout=60)

@@ -1,0 +1,93 @@
+"""A psycopg connection kept across tests: handed to the next test of a schema, both clean."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pytest_pgmig.isolation.base import PgmigSchema
+from pytest_pgmig.plugin.state import state_of
+
+# kept connections per process: a test-scope lane alternates between two schemas, and a
+# schema replaced after DDL leaves one behind that is never asked for again
+KEEP_AT_MOST = 4
+
+
+@pytest.fixture
+def pgmig_psycopg(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> Iterator[Any]:
+    """A psycopg 3 connection into the test's schema, with psycopg's defaults (autocommit
+    off), like pytest-postgresql's `postgresql` fixture.
+
+    It is kept for the next test of the same schema rather than closed: at teardown what
+    the test left is undone (its transaction rolled back; session settings, prepared
+    statements, temporary tables, advisory locks and LISTEN dropped by `DISCARD ALL`; the
+    connection's own attributes set back), so the next test cannot tell it from a new one.
+
+    Example::
+
+        def test_insert(pgmig_psycopg):
+            pgmig_psycopg.execute("INSERT INTO users (name) VALUES ('ada')")
+            assert pgmig_psycopg.execute("SELECT count(*) FROM users").fetchone() == (1,)
+    """
+    try:
+        import psycopg
+    except ImportError:
+        pytest.fail(
+            "pgmig_psycopg needs psycopg 3, which is not installed: "
+            "pip install 'pytest-pgmig[psycopg]' (or pip install 'psycopg[binary]').",
+            pytrace=False,
+        )
+    kept = state_of(request.config).psycopg
+    conn = kept.pop(pgmig_schema.dsn, None)
+    if conn is None or not _alive(conn):
+        if conn is not None:
+            conn.close()
+        conn = psycopg.connect(pgmig_schema.dsn)
+    yield conn
+    if _clean(conn):
+        kept[pgmig_schema.dsn] = conn
+        while len(kept) > KEEP_AT_MOST:
+            kept.pop(next(iter(kept))).close()  # the oldest
+    else:
+        conn.close()
+
+
+def _clean(conn: Any) -> bool:
+    """Undo what a test left on `conn`; False when it cannot be reused."""
+    import psycopg
+
+    if conn.closed or conn.broken:
+        return False
+    try:
+        conn.rollback()
+        conn.autocommit = True
+        conn.execute("DISCARD ALL")
+        # psycopg's own state: what the test changed goes back to psycopg's defaults
+        conn.autocommit = False
+        conn.isolation_level = None
+        conn.read_only = None
+        conn.deferrable = None
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _alive(conn: Any) -> bool:
+    """Whether a kept connection still has its session (a reset may end idle ones)."""
+    from psycopg import pq
+
+    if conn.closed or conn.broken:
+        return False
+    result = conn.pgconn.exec_(b"")  # an empty query: one round trip, no transaction
+    return bool(
+        conn.pgconn.status == pq.ConnStatus.OK and result.status == pq.ExecStatus.EMPTY_QUERY
+    )
+
+
+def close_kept(kept: dict[str, Any]) -> None:
+    """Close every kept connection (at the end of the process, before schemas are dropped)."""
+    while kept:
+        _, conn = kept.popitem()
+        conn.close()
