@@ -48,3 +48,23 @@ def migration_files(tables: int, files: int, *, seed: bool = False) -> list[tupl
             rows += "INSERT INTO t2 (name, parent_id) VALUES ('seed-child', 2);\n"
         out.append((f"{files + 1:03d}_seed.sql", rows))
     return sorted(out)
+
+
+def long_history(files: int, tables: int) -> list[tuple[str, str]]:
+    """A project's long history in `files` files: the T tables of `migration_files`, one file
+    each, then years of small changes to them (a column, its index, a default, a view)."""
+    out = migration_files(tables, tables + 1)
+    for index in range(tables + 2, files + 1):
+        t = (index * 7) % tables + 1
+        kind = index % 4
+        if kind == 0:
+            body = f"ALTER TABLE t{t} ADD COLUMN c{index} text;\n"
+        elif kind == 1:
+            body = f"ALTER TABLE t{t} ADD COLUMN c{index} integer NOT NULL DEFAULT 0;\n"
+            body += f"CREATE INDEX t{t}_c{index} ON t{t} (c{index});\n"
+        elif kind == 2:
+            body = f"CREATE OR REPLACE VIEW v{t} AS SELECT id, name FROM t{t};\n"
+        else:
+            body = f"COMMENT ON TABLE t{t} IS 'changed in migration {index}';\n"
+        out.append((f"{index:03d}_change.sql", body))
+    return sorted(out)

@@ -14,6 +14,8 @@ test bodies and driver are the same for every contender; only the `conn` fixture
   e. b and c under -n 2
   g. b, b' and c with --pgmig-isolation=database (a template database's copies, reset
                  in place like schemas)
+  c'. worker scope, a connection per test, without the DDL log (a user's server)
+  h. pgmig_psycopg (a connection kept per schema, reset between tests), without the DDL log
 
 All on one embedded server started here; pytest-pgmig runs with --pgmig-dsn and
 PGMIG_DDL_LOG=1 (the event-trigger DDL log it installs on a server of its own; the row
@@ -39,7 +41,7 @@ import time
 from pathlib import Path
 
 import psycopg
-from migration_sets import migration_files
+from migration_sets import long_history, migration_files
 
 from pytest_pgmig.servers.sources import start_local
 
@@ -127,6 +129,14 @@ def conn(postgresql):
 
 # b2 keeps a connection per schema DSN exactly as the worker contender does
 CONFTESTS["pgmig-kept"] = CONFTESTS["pgmig-worker"]
+# committed, like the other contenders' autocommit work, so the reset has rows to undo
+CONFTESTS["pgmig-psycopg"] = """
+import pytest
+@pytest.fixture
+def conn(pgmig_psycopg):
+    yield pgmig_psycopg
+    pgmig_psycopg.commit()
+"""
 
 
 def write_suite(folder: Path, kind: str, n: int) -> None:
@@ -164,11 +174,13 @@ def bench_set(
     repeat: int,
     contenders: list[str],
     baseline: str | None = None,
+    history: bool = False,
 ) -> dict[str, tuple[float, float]]:
     mig = base / "migrations"
     mig.mkdir(parents=True)
     sql = []
-    for name, text in migration_files(tables, files):
+    made = long_history(files, tables) if history else migration_files(tables, files)
+    for name, text in made:
         (mig / name).write_text(text)
         sql.append(text)
     schema_sql = base / "schema.sql"
@@ -199,6 +211,21 @@ def bench_set(
         ),
         "b2. pgmig test, conn kept": ("pgmig-kept", ["--pgmig-scope=test"], {}),
         "c. pgmig worker": ("pgmig-worker", ["--pgmig-scope=worker"], {}),
+        "c'. pgmig worker, no DDL log": (
+            "pgmig-test",
+            ["--pgmig-scope=worker"],
+            {"PGMIG_DDL_LOG": "0"},
+        ),
+        "h. pgmig test, pgmig_psycopg, no DDL log": (
+            "pgmig-psycopg",
+            ["--pgmig-scope=test"],
+            {"PGMIG_DDL_LOG": "0"},
+        ),
+        "h. pgmig worker, pgmig_psycopg, no DDL log": (
+            "pgmig-psycopg",
+            ["--pgmig-scope=worker"],
+            {"PGMIG_DDL_LOG": "0"},
+        ),
         "d. pytest-postgresql": ("pytest-postgresql", ["-p", "no:pgmig"], {}),
         "e. pgmig test -n 2": ("pgmig-test", ["--pgmig-scope=test", "-n", "2"], {}),
         "e. pgmig worker -n 2": ("pgmig-worker", ["--pgmig-scope=worker", "-n", "2"], {}),
@@ -263,6 +290,11 @@ def main() -> None:
     parser.add_argument("--tests", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--large", action="store_true", help="also the large set, M=51 T=50")
+    parser.add_argument(
+        "--history",
+        action="store_true",
+        help="also a long history: M=350 files on T=100 tables (columns, indexes, views)",
+    )
     parser.add_argument("--only", action="append", default=[], help="contender labels to run")
     parser.add_argument(
         "--baseline",
@@ -310,6 +342,27 @@ def main() -> None:
                 print(
                     f"\nlarge/default per-test overhead, scope=test: {large_over / small_over:.2f}x"
                 )
+            if args.history:
+                long = bench_set(
+                    Path(tmp) / "history",
+                    info.dsn,
+                    info.host,
+                    info.port,
+                    files=350,
+                    tables=100,
+                    n=args.tests,
+                    repeat=args.repeat,
+                    contenders=args.only
+                    or ["a. floor", "b. pgmig test", "f. pgmig test, embedded server"],
+                    history=True,
+                )
+                print(table("\nlong history: M=350 files, T=100 tables", long, args.tests))
+                for label in ("b. pgmig test", "f. pgmig test, embedded server"):
+                    if label in long and label in res and "a. floor" in res:
+                        over = (long[label][0] - long["a. floor"][0]) / (
+                            res[label][0] - res["a. floor"][0]
+                        )
+                        print(f"history/default per-test overhead, {label}: {over:.2f}x")
     finally:
         handle.stop()
 

@@ -17,7 +17,7 @@ import pytest
 SEEN = {}
 
 
-@pytest.mark.parametrize("i", range(3))
+@pytest.mark.parametrize("i", range(7))
 def test_1_leave_everything(pgmig_psycopg, i):
     conn = pgmig_psycopg
     assert conn.autocommit is False  # psycopg's default, like pytest-postgresql's fixture
@@ -33,10 +33,14 @@ def test_1_leave_everything(pgmig_psycopg, i):
     conn.execute("PREPARE leftover AS SELECT 1")
     conn.execute("LISTEN leftover_channel")
     conn.execute("SELECT pg_advisory_lock(4242)")
-    # a transaction left open, with writes in it
+    conn.execute("DECLARE leftover_cursor CURSOR WITH HOLD FOR SELECT 1")
+    conn.execute("SET ROLE NONE")
+    if i % 2:
+        conn.commit()  # the session state stays; and psycopg's own cache is not cleared
+    # else a transaction left open, with writes in it
 
 
-@pytest.mark.parametrize("i", range(3))
+@pytest.mark.parametrize("i", range(7))
 def test_2_nothing_carried(pgmig_psycopg, pgmig_schema, i):
     conn = pgmig_psycopg
     assert id(conn) in SEEN["ids"], "the connection was not reused"
@@ -46,10 +50,12 @@ def test_2_nothing_carried(pgmig_psycopg, pgmig_schema, i):
     assert conn.execute("SELECT count(*) FROM users").fetchone() == (1,)  # the seed row only
     assert conn.execute("SHOW statement_timeout").fetchone() == ("0",)
     assert conn.execute("SELECT to_regclass('pg_temp.scratch')").fetchone() == (None,)
-    assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
-    for _ in range(8):  # psycopg knows its prepared statements went with the session state
+    prepared = "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"
+    assert conn.execute(prepared).fetchone() == (0,)  # PREPARE'd; psycopg's own stay
+    for _ in range(8):  # psycopg's own prepared statements still work
         assert conn.execute("SELECT count(*) FROM users WHERE name <> %s", ("x",)).fetchone()
     assert conn.execute("SELECT count(*) FROM pg_listening_channels()").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM pg_cursors").fetchone() == (0,)
     locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
     assert conn.execute(locks).fetchone() == (0,)
     assert conn.execute("SELECT current_setting('transaction_isolation')").fetchone() == (
@@ -84,7 +90,7 @@ def test_a_reused_connection_carries_nothing_into_the_next_test(
         result = pytester.runpytest_subprocess(*args, "-n", "2", "--dist=loadfile")
     else:
         result = pytester.runpytest(*args)
-    result.assert_outcomes(passed=9)
+    result.assert_outcomes(passed=17)
 
 
 def test_without_psycopg_the_fixture_says_how_to_get_it(

@@ -14,6 +14,28 @@ from pytest_pgmig.plugin.state import state_of
 # schema replaced after DDL leaves one behind that is never asked for again
 KEEP_AT_MOST = 4
 
+# What `DISCARD ALL` does but for psycopg's own prepared statements (made through the
+# protocol, not SQL PREPARE): psycopg keeps track of those, and misses that a DISCARD ALL
+# dropped them when it runs the same DISCARD ALL again. They stay, prepared for the next test.
+_RESET_SESSION = """
+CLOSE ALL;
+UNLISTEN *;
+SELECT pg_advisory_unlock_all();
+DISCARD TEMP;
+DISCARD SEQUENCES;
+SET SESSION AUTHORIZATION DEFAULT;
+RESET ALL;
+DO $pgmig$
+DECLARE
+    statement text;
+BEGIN
+    FOR statement IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP
+        EXECUTE format('DEALLOCATE %I', statement);
+    END LOOP;
+END
+$pgmig$;
+"""
+
 
 @pytest.fixture
 def pgmig_psycopg(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> Iterator[Any]:
@@ -21,9 +43,10 @@ def pgmig_psycopg(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> 
     off), like pytest-postgresql's `postgresql` fixture.
 
     It is kept for the next test of the same schema rather than closed: at teardown what
-    the test left is undone (its transaction rolled back; session settings, prepared
-    statements, temporary tables, advisory locks and LISTEN dropped by `DISCARD ALL`; the
-    connection's own attributes set back), so the next test cannot tell it from a new one.
+    the test left is undone (its transaction rolled back; session settings, cursors,
+    `PREPARE`d statements, temporary tables, advisory locks and LISTEN dropped as by
+    `DISCARD ALL`; the connection's own attributes set back), so the next test cannot tell
+    it from a new one but for psycopg's own prepared statements, kept to serve it.
 
     Example::
 
@@ -63,7 +86,7 @@ def _clean(conn: Any) -> bool:
     try:
         conn.rollback()
         conn.autocommit = True
-        conn.execute("DISCARD ALL")
+        conn.execute(_RESET_SESSION)
         # psycopg's own state: what the test changed goes back to psycopg's defaults
         conn.autocommit = False
         conn.isolation_level = None
