@@ -311,58 +311,38 @@ def main() -> None:
             f"N={args.tests} tests; median of {args.repeat} runs"
         )
         with tempfile.TemporaryDirectory(prefix="pgmig-bench-") as tmp:
-            res = bench_set(
-                Path(tmp) / "default",
-                info.dsn,
-                info.host,
-                info.port,
-                files=11,
-                tables=10,
-                n=args.tests,
-                repeat=args.repeat,
-                contenders=args.only,
-                baseline=args.baseline,
-            )
+
+            def run_set(name: str, files: int, tables: int, **kw: object) -> dict:
+                return bench_set(
+                    Path(tmp) / name,
+                    info.dsn,
+                    info.host,
+                    info.port,
+                    files=files,
+                    tables=tables,
+                    n=args.tests,
+                    repeat=args.repeat,
+                    **kw,  # type: ignore[arg-type]
+                )
+
+            res = run_set("default", 11, 10, contenders=args.only, baseline=args.baseline)
             print(table("\ndefault set: M=11 files, T=10 tables", res, args.tests))
+            extra = []
             if args.large:
-                large = bench_set(
-                    Path(tmp) / "large",
-                    info.dsn,
-                    info.host,
-                    info.port,
-                    files=51,
-                    tables=50,
-                    n=args.tests,
-                    repeat=args.repeat,
-                    contenders=args.only or ["a. floor", "b. pgmig test", "c. pgmig worker"],
-                )
-                print(table("\nlarge set: M=51 files, T=50 tables", large, args.tests))
-                small_over = res["b. pgmig test"][0] - res["a. floor"][0]
-                large_over = large["b. pgmig test"][0] - large["a. floor"][0]
-                print(
-                    f"\nlarge/default per-test overhead, scope=test: {large_over / small_over:.2f}x"
-                )
+                rows = ["a. floor", "b. pgmig test", "c. pgmig worker"]
+                extra.append(("large set: M=51 files, T=50 tables", "large", 51, 50, rows, False))
             if args.history:
-                long = bench_set(
-                    Path(tmp) / "history",
-                    info.dsn,
-                    info.host,
-                    info.port,
-                    files=350,
-                    tables=100,
-                    n=args.tests,
-                    repeat=args.repeat,
-                    contenders=args.only
-                    or ["a. floor", "b. pgmig test", "f. pgmig test, embedded server"],
-                    history=True,
-                )
-                print(table("\nlong history: M=350 files, T=100 tables", long, args.tests))
-                for label in ("b. pgmig test", "f. pgmig test, embedded server"):
-                    if label in long and label in res and "a. floor" in res:
-                        over = (long[label][0] - long["a. floor"][0]) / (
+                rows = ["a. floor", "b. pgmig test", "f. pgmig test, embedded server"]
+                extra.append(("long history: M=350, T=100", "history", 350, 100, rows, True))
+            for title, name, files, tables, rows, history in extra:
+                other = run_set(name, files, tables, contenders=args.only or rows, history=history)
+                print(table(f"\n{title}", other, args.tests))
+                for label in rows[1:]:
+                    if label in other and label in res and "a. floor" in res:
+                        over = (other[label][0] - other["a. floor"][0]) / (
                             res[label][0] - res["a. floor"][0]
                         )
-                        print(f"history/default per-test overhead, {label}: {over:.2f}x")
+                        print(f"{name}/default per-test overhead, {label}: {over:.2f}x")
     finally:
         handle.stop()
 
