@@ -303,3 +303,27 @@ def test_a_role_the_server_refuses_falls_back_to_options(
         ["drivers: pgmig_dsn sets search_path with libpq's `options` (a role of the schema's*"]
     )
     assert sql(postgres_only_dsn, "SELECT rolname FROM pg_roles ORDER BY 1") == roles_before
+
+
+def test_a_role_that_owns_something_outside_is_still_dropped(
+    pytester: pytest.Pytester, fresh_database: str
+) -> None:
+    """What a test made outside its schema stays (handed to the admin role), as it would
+    without roles; the schema's role goes with its schema."""
+    make_project(
+        pytester,
+        """
+        import psycopg
+
+        def test_outside(pgmig_dsn):
+            with psycopg.connect(pgmig_dsn, autocommit=True) as conn:
+                conn.execute("CREATE TABLE public.left_by_a_test (id int)")
+        """,
+        ini=None,
+    )
+    result = pytester.runpytest("--pgmig-migrations=migrations", f"--pgmig-dsn={fresh_database}")
+    result.assert_outcomes(passed=1)
+    roles = "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pgmig%'"
+    assert sql(fresh_database, roles) == [(0,)]
+    owner = "SELECT tableowner FROM pg_tables WHERE tablename = 'left_by_a_test'"
+    assert sql(fresh_database, owner) == [("postgres",)]

@@ -68,12 +68,10 @@ class DatabaseIsolation(ControlSession):
         self._conn = await asyncpg.connect(
             self.context.admin_dsn, server_settings=settings, timeout=10
         )
-        may = await self._conn.fetchval(
-            "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
+        may, superuser = await self._conn.fetchrow(
+            "SELECT rolcreatedb OR rolsuper, rolsuper FROM pg_roles WHERE rolname = current_user"
         )
-        self._replica = bool(
-            await self._conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-        )
+        self._replica = bool(superuser)
         if not may:
             role = await self._conn.fetchval("SELECT current_user")
             await self._conn.close()

@@ -132,9 +132,15 @@ async def drop_roles(conn: asyncpg.Connection, names: list[str]) -> None:
         "SELECT rolname FROM pg_roles WHERE rolname = ANY($1::text[])", names
     ):
         role = quote_ident(row["rolname"])
-        await conn.execute(
-            f"REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE {role}"
-        )
+        try:
+            # most own nothing once their schema is gone; a savepoint keeps the caller's
+            # transaction alive when one does
+            async with conn.transaction():
+                await conn.execute(f"DROP ROLE {role}")
+        except asyncpg.DependentObjectsStillExistError:
+            await conn.execute(
+                f"REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE {role}"
+            )
 
 
 async def register_database(
