@@ -217,6 +217,55 @@ async def test_ddl_change_replaces_the_schema(workspace: SchemaIsolation, tmp_pa
         await conn.close()
 
 
+# every kind of DDL a test might run in its schema: each must get the schema replaced
+DDL_KINDS = {
+    "add column": "ALTER TABLE t1 ADD COLUMN extra int",
+    "drop column": "ALTER TABLE t2 DROP COLUMN name",
+    "set default": "ALTER TABLE t1 ALTER COLUMN name SET DEFAULT 'x'",
+    "column type": "ALTER TABLE t1 ALTER COLUMN name TYPE varchar(200)",
+    "new table": "CREATE TABLE scratch (id int)",
+    "drop table": "DROP TABLE t3 CASCADE",
+    "new index": "CREATE INDEX t1_name_lower ON t1 (lower(name))",
+    "drop index": "DROP INDEX t1_created",
+    "check constraint": "ALTER TABLE t1 ADD CONSTRAINT t1_check CHECK (id > 0)",
+    "new trigger": "CREATE TRIGGER t2_again BEFORE UPDATE ON t2 "
+    "FOR EACH ROW EXECUTE FUNCTION touch_updated_at()",
+    "new function": "CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42'",
+    "replaced function": "CREATE OR REPLACE FUNCTION touch_updated_at() RETURNS trigger "
+    "LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
+    "new type": "CREATE TYPE mood AS ENUM ('ok')",
+    "new view": "CREATE VIEW t1_names AS SELECT name FROM t1",
+    "comment": "COMMENT ON TABLE t1 IS 'changed'",
+    "column comment": "COMMENT ON COLUMN t1.name IS 'changed'",
+    "sequence": "ALTER SEQUENCE t1_id_seq INCREMENT BY 5",
+    "policy": "CREATE POLICY everyone ON t1 USING (true)",
+    "rename": "ALTER TABLE t2 RENAME TO t2_renamed",
+    "grant": "GRANT SELECT ON t1 TO PUBLIC",
+}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("workspace", MODES, indirect=True)
+@pytest.mark.parametrize("ddl", sorted(DDL_KINDS))
+async def test_every_kind_of_ddl_replaces_the_schema(
+    workspace: SchemaIsolation, tmp_path: Path, ddl: str
+) -> None:
+    folder = write_set(tmp_path / "migrations", 3, 3)
+    sets = (MigrationSet("bench", folder),)
+    first = await workspace.acquire(sets)
+    await workspace.release(first)  # the first reset makes the template and reset function
+    slot = await workspace.acquire(sets)
+    conn = await asyncpg.connect(slot.schema.dsn)
+    try:
+        await conn.execute(DDL_KINDS[ddl])
+    finally:
+        await conn.close()
+    await workspace.release(slot)
+    again = await workspace.acquire(sets)
+    assert again.schema.name != slot.schema.name, f"{ddl}: the schema was reset, not replaced"
+    await workspace.release(again)
+
+
 async def rows_as_text(conn: asyncpg.Connection, schema: str) -> dict[str, list[str]]:
     """Every table's and materialized view's rows as text, and every sequence's state."""
     rels = await conn.fetch(

@@ -82,7 +82,9 @@ def test_4_a_new_schema_gets_a_working_connection(pgmig_psycopg, i):
 def test_a_reused_connection_carries_nothing_into_the_next_test(
     pytester: pytest.Pytester, server_dsn: str, xdist: bool, scope: str
 ) -> None:
-    make_project(pytester, CARRY_TESTS, ini=None)
+    make_project(
+        pytester, CARRY_TESTS, ini="[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+    )
     args = ["-p", "no:randomly", "--pgmig-migrations=migrations", f"--pgmig-dsn={server_dsn}"]
     args.append(f"--pgmig-scope={scope}")
     if xdist:

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import asyncpg  # type: ignore[import-untyped]
 
 from pytest_pgmig.engine.templates import quote_identifier as q
-from pytest_pgmig.engine.templates import sql_literal as lit
 from pytest_pgmig.isolation import functions, reset
 from pytest_pgmig.isolation.registry import REGISTRY, reset_function
 
@@ -46,27 +45,27 @@ $outer$;
 """
 
 
-def database_functions_sql(schemas: Sequence[str]) -> str:
+def database_functions_sql(schemas: Sequence[tuple[str, reset.Known]]) -> str:
     """The state and reset functions of a database whose migrated schemas are `schemas`.
 
     A database's state is the `outer_v1` hash and each schema's state, space-separated; its
     reset ends the test's sessions, then resets each schema with that schema's own reset
     function, and gives NULL as soon as one part differs from the state it was handed.
 
-    >>> sql = database_functions_sql(["app", "public"])
+    >>> none = reset.Known((), (), 0)
+    >>> sql = database_functions_sql([("app", none), ("public", none)])
     >>> "reset_app" in sql and "st[3]" in sql
     True
     """
-    tracked = f"ARRAY[{lit(reset.TRACKING_TABLE)}]"
     parts = " || ' ' || ".join(
         [f"{REGISTRY}.outer_v1()"]
-        + [f"coalesce({REGISTRY}.state_v1({lit(s)}, {tracked}, p_log), '-')" for s in schemas]
+        + [f"coalesce({reset.state_sql(s, seen, 'p_log')}, '-')" for s, seen in schemas]
     )
     steps = "".join(
         f"    one := {reset_function(s)}(st[{i}], NULL, false, p_log);\n"
         "    IF one IS NULL THEN\n        RETURN NULL;\n    END IF;\n"
         "    got := got || ' ' || one;\n"
-        for i, s in enumerate(schemas, start=2)
+        for i, (s, _) in enumerate(schemas, start=2)
     )
     return (
         f"CREATE OR REPLACE FUNCTION {REGISTRY}.database_state_v1(p_log boolean) RETURNS text "
@@ -97,6 +96,7 @@ async def prepare(conn: asyncpg.Connection, *, replica: bool, log: bool) -> str:
         + _OUTER
     )
     schemas = [row["nspname"] for row in await conn.fetch(_USER_SCHEMAS)]
+    known = []
     for i, schema in enumerate(schemas):
         seed = f"{SEED_PREFIX}{i}"
         captured = await reset.capture(conn, schema)
@@ -107,7 +107,11 @@ async def prepare(conn: asyncpg.Connection, *, replica: bool, log: bool) -> str:
             )
         tables = await reset.tables(conn, schema)
         template = dataclasses.replace(captured, name=seed)
-        await conn.execute(reset.reset_function_sql(schema, tables, template, replica=replica))
-    await conn.execute(database_functions_sql(schemas))
+        seen = await reset.known(conn, schema)
+        known.append((schema, seen))
+        await conn.execute(
+            reset.reset_function_sql(schema, tables, template, replica=replica, seen=seen)
+        )
+    await conn.execute(database_functions_sql(known))
     state: str = await conn.fetchval(f"SELECT {REGISTRY}.database_state_v1($1)", log)
     return state

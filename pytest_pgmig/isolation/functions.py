@@ -5,43 +5,49 @@ from __future__ import annotations
 from pytest_pgmig.isolation.registry import IDLE_KEPT, REGISTRY
 
 _FINGERPRINT = f"""
-CREATE OR REPLACE FUNCTION {REGISTRY}.fingerprint_v1(ns oid) RETURNS text
-LANGUAGE plpgsql STABLE AS $fp$
+CREATE OR REPLACE FUNCTION {REGISTRY}.fingerprint_v2(
+    ns oid, p_rels oid[], p_objs oid[], p_max oid
+) RETURNS text LANGUAGE plpgsql STABLE AS $fp$
 -- Every DDL statement writes a catalog row, and a written row has a new xmin: the set of
 -- (oid, xmin) over the schema's catalog rows changes with any DDL and with nothing else.
+-- Read through the catalogs' indexes, not by scanning them: the rows of what the schema
+-- held when its state was first taken (p_rels its relations, p_objs its functions, types
+-- and constraints), and whatever it gained since, whose oid is above p_max (oids only grow).
+-- A sum of the rows' hashes, with their count: no sort, and any change moves it.
 -- plpgsql, not sql: its plan is cached in the session instead of re-planned per call.
 BEGIN
-RETURN (SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (
+RETURN (SELECT count(*) || ':' || coalesce(sum(hashtext(x)), 0) FROM (
     SELECT 'n' || n.oid || ':' || n.xmin FROM pg_namespace n WHERE n.oid = ns
-    UNION ALL SELECT 'c' || c.oid || ':' || c.xmin FROM pg_class c WHERE c.relnamespace = ns
+    UNION ALL SELECT 'c' || c.oid || ':' || c.xmin FROM pg_class c WHERE c.oid = ANY (p_rels)
     UNION ALL SELECT 'a' || a.attrelid || '.' || a.attnum || ':' || a.xmin
-        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-        WHERE c.relnamespace = ns AND a.attnum > 0
-    UNION ALL SELECT 'd' || d.oid || ':' || d.xmin
-        FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid WHERE c.relnamespace = ns
-    UNION ALL SELECT 'k' || k.oid || ':' || k.xmin FROM pg_constraint k WHERE k.connamespace = ns
+        FROM pg_attribute a WHERE a.attrelid = ANY (p_rels) AND a.attnum > 0
+    UNION ALL SELECT 'd' || d.oid || ':' || d.xmin FROM pg_attrdef d WHERE d.adrelid = ANY (p_rels)
     UNION ALL SELECT 'i' || i.indexrelid || ':' || i.xmin
-        FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid WHERE c.relnamespace = ns
-    UNION ALL SELECT 't' || t.oid || ':' || t.xmin
-        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE c.relnamespace = ns
-    UNION ALL SELECT 'r' || r.oid || ':' || r.xmin
-        FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class WHERE c.relnamespace = ns
-    UNION ALL SELECT 'p' || p.oid || ':' || p.xmin FROM pg_proc p WHERE p.pronamespace = ns
-    UNION ALL SELECT 'y' || y.oid || ':' || y.xmin FROM pg_type y WHERE y.typnamespace = ns
+        FROM pg_index i WHERE i.indrelid = ANY (p_rels)
+    UNION ALL SELECT 't' || t.oid || ':' || t.xmin FROM pg_trigger t WHERE t.tgrelid = ANY (p_rels)
+    UNION ALL SELECT 'r' || r.oid || ':' || r.xmin FROM pg_rewrite r WHERE r.ev_class = ANY (p_rels)
     UNION ALL SELECT 's' || s.seqrelid || ':' || s.xmin
-        FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid WHERE c.relnamespace = ns
+        FROM pg_sequence s WHERE s.seqrelid = ANY (p_rels)
     UNION ALL SELECT 'o' || o.objoid || '.' || o.objsubid || ':' || o.xmin
-        FROM pg_description o JOIN pg_class c ON c.oid = o.objoid WHERE c.relnamespace = ns
-    UNION ALL SELECT 'l' || l.oid || ':' || l.xmin
-        FROM pg_policy l JOIN pg_class c ON c.oid = l.polrelid WHERE c.relnamespace = ns
+        FROM pg_description o WHERE o.objoid = ANY (p_rels)
+    UNION ALL SELECT 'l' || l.oid || ':' || l.xmin FROM pg_policy l WHERE l.polrelid = ANY (p_rels)
+    UNION ALL SELECT 'p' || p.oid || ':' || p.xmin FROM pg_proc p WHERE p.oid = ANY (p_objs)
+    UNION ALL SELECT 'y' || y.oid || ':' || y.xmin FROM pg_type y WHERE y.oid = ANY (p_objs)
+    UNION ALL SELECT 'k' || k.oid || ':' || k.xmin FROM pg_constraint k WHERE k.oid = ANY (p_objs)
+    UNION ALL SELECT 'C' || c.oid FROM pg_class c WHERE c.oid > p_max AND c.relnamespace = ns
+    UNION ALL SELECT 'P' || p.oid FROM pg_proc p WHERE p.oid > p_max AND p.pronamespace = ns
+    UNION ALL SELECT 'Y' || y.oid FROM pg_type y WHERE y.oid > p_max AND y.typnamespace = ns
+    UNION ALL SELECT 'K' || k.oid FROM pg_constraint k
+        WHERE k.oid > p_max AND k.connamespace = ns
 ) AS catalog(x));
 END
 $fp$;
 """
 
 _STATE = f"""
-CREATE OR REPLACE FUNCTION {REGISTRY}.state_v1(p_schema text, p_skip text[], p_log boolean)
-RETURNS text
+CREATE OR REPLACE FUNCTION {REGISTRY}.state_v2(
+    p_schema text, p_skip text[], p_log boolean, p_rels oid[], p_objs oid[], p_max oid
+) RETURNS text
 LANGUAGE plpgsql STABLE AS $state$
 -- A schema's DDL fingerprint plus a hash of the rows of the tables a reset leaves alone
 -- (the migrations tracking table): equal states mean nothing a reset cannot undo happened.
@@ -61,11 +67,11 @@ BEGIN
     END LOOP;
     IF p_log THEN
         -- on a server of our own the DDL log answers in one probe; elsewhere the
-        -- catalog fingerprint does, at a few milliseconds
+        -- catalog fingerprint does
         RETURN 'e' || coalesce((SELECT max(id) FROM {REGISTRY}.ddl
                                WHERE schema IN (p_schema, '*')), 0) || '/' || md5(acc);
     END IF;
-    RETURN {REGISTRY}.fingerprint_v1(ns) || '/' || md5(acc);
+    RETURN {REGISTRY}.fingerprint_v2(ns, p_rels, p_objs, p_max) || '/' || md5(acc);
 END
 $state$;
 """
@@ -166,8 +172,8 @@ $evt$;
 
 # exact signatures: a server that holds an older version of a function gets the current one
 SIGNATURES = (
-    "fingerprint_v1(oid)",
-    "state_v1(text,text[],boolean)",
+    "fingerprint_v2(oid,oid[],oid[],oid)",
+    "state_v2(text,text[],boolean,oid[],oid[],oid)",
     "end_sessions_v1(oid,text,boolean)",
     "rows_v1(text,text)",
 )

@@ -34,6 +34,55 @@ WHERE n.nspname = $1 AND c.relkind = 'S' ORDER BY c.relname
 """
 
 
+# what a schema holds, by oid, when its state is first taken (see `Known`)
+_KNOWN = """
+SELECT array(SELECT oid FROM pg_class WHERE relnamespace = n.oid ORDER BY oid),
+       array(SELECT oid FROM pg_proc WHERE pronamespace = n.oid
+             UNION ALL SELECT oid FROM pg_type WHERE typnamespace = n.oid
+             UNION ALL SELECT oid FROM pg_constraint WHERE connamespace = n.oid ORDER BY 1),
+       greatest((SELECT max(oid) FROM pg_class), (SELECT max(oid) FROM pg_proc),
+                (SELECT max(oid) FROM pg_type), (SELECT max(oid) FROM pg_constraint))
+FROM pg_namespace n WHERE n.nspname = $1
+"""
+
+
+@dataclass(frozen=True)
+class Known:
+    """What a schema held when its state was first taken: its relations (`rels`), its
+    functions, types and constraints (`objs`), and the highest oid then (`max_oid`).
+
+    The DDL fingerprint (`pgmig_registry.fingerprint_v2`) reads these rows by oid, and
+    anything newer by an oid above `max_oid`, through the catalogs' indexes.
+    """
+
+    rels: tuple[int, ...]
+    objs: tuple[int, ...]
+    max_oid: int
+
+
+async def known(conn: asyncpg.Connection, schema: str) -> Known:
+    """What `schema` holds now (see `Known`)."""
+    rels, objs, max_oid = await conn.fetchrow(_KNOWN, schema)
+    return Known(tuple(rels), tuple(objs), int(max_oid))
+
+
+def state_sql(schema: str, seen: Known, log: str) -> str:
+    """The SQL expression of `schema`'s state (`log`: the expression saying whether the DDL
+    log answers).
+
+    >>> state_sql("s1", Known((1, 2), (3,), 9), "p_log")
+    "pgmig_registry.state_v2(E's1', ARRAY[E'schema_migrations'], p_log, '{1,2}', '{3}', 9::oid)"
+    """
+
+    def array(oids: tuple[int, ...]) -> str:
+        return "'{" + ",".join(map(str, oids)) + "}'"
+
+    return (
+        f"{REGISTRY}.state_v2({lit(schema)}, ARRAY[{lit(TRACKING_TABLE)}], {log}, "
+        f"{array(seen.rels)}, {array(seen.objs)}, {seen.max_oid}::oid)"
+    )
+
+
 @dataclass(frozen=True)
 class Table:
     """A table a reset empties: its name, insertable columns, and those read from ``r``."""
@@ -92,7 +141,12 @@ async def capture(conn: asyncpg.Connection, schema: str) -> Template:
 
 
 def reset_function_sql(
-    schema: str, tables: Sequence[Table], template: Template | None, *, replica: bool
+    schema: str,
+    tables: Sequence[Table],
+    template: Template | None,
+    *,
+    replica: bool,
+    seen: Known,
 ) -> str:
     """The ``CREATE FUNCTION`` of one schema's reset, static SQL with its plans cached.
 
@@ -102,7 +156,9 @@ def reset_function_sql(
     superuser's session) rows go by DELETE in any order with no trigger firing; otherwise
     the tables holding rows are truncated together.
 
-    >>> sql = reset_function_sql("s1", [Table("t", "id", "(r).id")], None, replica=True)
+    >>> sql = reset_function_sql(
+    ...     "s1", [Table("t", "id", "(r).id")], None, replica=True, seen=Known((), (), 0)
+    ... )
     >>> "DELETE FROM \\"s1\\".\\"t\\";" in sql and "TRUNCATE" not in sql
     True
     """
@@ -111,7 +167,7 @@ def reset_function_sql(
         cleared, reseeded = _table_sql(schema, table, template, replica=replica)
         clear.append(cleared)
         reseed += reseeded
-    state = f"{REGISTRY}.state_v1({lit(schema)}, ARRAY[{lit(TRACKING_TABLE)}], p_log)"
+    state = state_sql(schema, seen, "p_log")
     body = clear
     if not replica:
         body += [

@@ -56,6 +56,8 @@ class SchemaIsolation(ControlSession):
         self._pools: dict[tuple[str, Sets], _SetPool] = {}
         self._warned: set[Sets] = set()
         self._migrator = SetMigrator()
+        # what each schema held when its state was first taken: its fingerprint reads it
+        self._known: dict[str, reset.Known] = {}
         self._roles = Roles(context.admin_dsn, enabled=False)
 
     @property
@@ -175,11 +177,9 @@ class SchemaIsolation(ControlSession):
         # (a cancelled migration, Ctrl-C, leaves the schema to close(): the connection is
         # still busy with the statement being cancelled)
         self.stats.migrations += migrated.applied
+        seen = self._known[name] = await reset.known(self.conn, name)
         state = await self.conn.fetchval(
-            f"SELECT {registry.REGISTRY}.state_v1($1, $2, $3)",
-            name,
-            [reset.TRACKING_TABLE],
-            self.context.own_server,
+            f"SELECT {reset.state_sql(name, seen, '$1')}", self.context.own_server
         )
         lib = sets[0].module if sets else self.context.module_default
         search_path = tuple(dict.fromkeys((name, *migrated.path)))
@@ -256,7 +256,9 @@ class SchemaIsolation(ControlSession):
             name = slot.schema.name
             tables = await reset.tables(self.conn, name)
             await self.conn.execute(
-                reset.reset_function_sql(name, tables, pool.template, replica=self._replica)
+                reset.reset_function_sql(
+                    name, tables, pool.template, replica=self._replica, seen=self._known[name]
+                )
             )
             slot.reset_fn = registry.reset_function(name)
         # First what the test left running or in a transaction through the schema's DSN (and
@@ -295,6 +297,7 @@ class SchemaIsolation(ControlSession):
         """Drop one schema of ours now, ending the sessions still on it."""
         await registry.terminate_sessions(self.conn, [name])
         self.stats.dropped += len(await registry.drop(self.conn, [name], lease=self._lease))
+        self._known.pop(name, None)
         if name in self._mine:
             self._mine.remove(name)
 
