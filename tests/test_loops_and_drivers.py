@@ -327,3 +327,54 @@ def test_a_role_that_owns_something_outside_is_still_dropped(
     assert sql(fresh_database, roles) == [(0,)]
     owner = "SELECT tableowner FROM pg_tables WHERE tablename = 'left_by_a_test'"
     assert sql(fresh_database, owner) == [("postgres",)]
+
+
+# pgmig_conn on a session loop: one connection per schema, kept from test to test, clean
+KEPT_CONN_TESTS = """
+import pytest
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+SEEN = set()
+
+
+@pytest.mark.parametrize("i", range(6))
+async def test_1_leave_everything(pgmig_conn, i):
+    SEEN.add(id(pgmig_conn))
+    await pgmig_conn.execute("INSERT INTO users (name) VALUES ('left behind')")
+    await pgmig_conn.execute("SET statement_timeout = '1234ms'")
+    await pgmig_conn.execute("CREATE TEMP TABLE scratch (x int)")
+    await pgmig_conn.execute("PREPARE leftover AS SELECT 1")
+    await pgmig_conn.execute("LISTEN leftover_channel")
+    await pgmig_conn.execute("SELECT pg_advisory_lock(4242)")
+    await pgmig_conn.execute("BEGIN")  # and a transaction left open
+
+
+@pytest.mark.parametrize("i", range(6))
+async def test_2_nothing_carried(pgmig_conn, pgmig_schema, i):
+    assert id(pgmig_conn) in SEEN, "the connection was not reused"
+    assert await pgmig_conn.fetchval("SELECT current_schema()") == pgmig_schema.name
+    # (the transaction left open is gone: its row would show here)
+    assert await pgmig_conn.fetchval("SELECT count(*) FROM users") == 1
+    assert await pgmig_conn.fetchval("SHOW statement_timeout") == "0"
+    assert await pgmig_conn.fetchval("SELECT to_regclass('pg_temp.scratch')") is None
+    prepared = "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"
+    assert await pgmig_conn.fetchval(prepared) == 0
+    assert await pgmig_conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
+    locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+    assert await pgmig_conn.fetchval(locks) == 0
+"""
+
+
+@pytest.mark.parametrize("scope", ["test", "worker"])
+def test_pgmig_conn_on_a_session_loop_is_kept_and_carries_nothing(
+    pytester: pytest.Pytester, server_dsn: str, scope: str
+) -> None:
+    make_project(pytester, KEPT_CONN_TESTS, ini=INI.format(mode="strict"))
+    result = pytester.runpytest(
+        "-p",
+        "no:randomly",
+        "--pgmig-migrations=migrations",
+        f"--pgmig-dsn={server_dsn}",
+        f"--pgmig-scope={scope}",
+    )
+    result.assert_outcomes(passed=12)

@@ -1,7 +1,9 @@
-"""A psycopg connection kept across tests: handed to the next test of a schema, both clean."""
+"""Connections kept across tests (psycopg's, and asyncpg's on a loop that outlives the test):
+handed to the next test of a schema, both clean."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -109,8 +111,55 @@ def _alive(conn: Any) -> bool:
     )
 
 
-def close_kept(kept: dict[str, Any]) -> None:
+def close_kept(kept: dict[str, Any], kept_asyncpg: dict[tuple[int, str], Any]) -> None:
     """Close every kept connection (at the end of the process, before schemas are dropped)."""
     while kept:
         _, conn = kept.popitem()
         conn.close()
+    while kept_asyncpg:
+        _, (conn, _loop) = kept_asyncpg.popitem()
+        _terminate(conn)
+
+
+# -- asyncpg's, for pgmig_conn on a class, module, package or session loop ------------------
+
+
+async def take_asyncpg(kept: dict[tuple[int, str], Any], loop: Any, dsn: str) -> Any:
+    """The connection kept on `loop` for `dsn`, if its session is still there; else None."""
+    found = kept.pop((id(loop), dsn), None)
+    if found is None:
+        return None
+    conn, its_loop = found
+    if its_loop is not loop or conn.is_closed():
+        _terminate(conn)
+        return None
+    try:
+        await conn.fetchval("SELECT 1")  # a reset may have ended its session
+    except Exception:
+        _terminate(conn)
+        return None
+    return conn
+
+
+async def give_back_asyncpg(
+    kept: dict[tuple[int, str], Any], loop: Any, dsn: str, conn: Any
+) -> bool:
+    """Undo what a test left on `conn` and keep it for the next test on `loop`; False (and
+    the caller closes it) when it cannot be reused."""
+    try:
+        await conn.reset()  # rollback, listeners, RESET ALL, cursors, advisory locks
+        await conn.execute(_RESET_SESSION)
+    except Exception:
+        return False
+    kept[(id(loop), dsn)] = (conn, loop)
+    while len(kept) > KEEP_AT_MOST:
+        oldest, _ = kept.pop(next(iter(kept)))
+        _terminate(oldest)
+    return True
+
+
+def _terminate(conn: Any) -> None:
+    """End a connection without its loop, which may be closed by now."""
+    # its socket goes with the process either way
+    with contextlib.suppress(Exception):
+        conn.terminate()

@@ -23,6 +23,7 @@ import pytest
 from pytest_pgmig.errors import MigrationFailed
 from pytest_pgmig.isolation.base import MigrationSet, PgmigSchema, Sets, Slot
 from pytest_pgmig.plugin import marker, settings
+from pytest_pgmig.plugin.connections import give_back_asyncpg, take_asyncpg
 from pytest_pgmig.plugin.state import KEPT, SCHEMA, PgmigWarning, fail_test, state_of
 from pytest_pgmig.runtime import close_or_terminate
 
@@ -131,15 +132,22 @@ def pgmig_conn(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> Ite
     its search_path.
 
     In worker scope it runs inside a transaction rolled back at teardown; the test's own
-    `conn.transaction()` blocks become savepoints.
+    `conn.transaction()` blocks become savepoints. On a loop that outlives the test (class,
+    module, package or session scope) the connection is kept for the next test of the
+    schema on that loop, with what the test left undone (as `pgmig_psycopg`'s is).
     """
     import asyncpg  # type: ignore[import-untyped]
 
     runner = loop_runner(request, "pgmig_conn")
     worker = marker.plan(request)[1] == "worker"
+    kept = state_of(request.config).asyncpg if loop_scope_of(request) != "function" else None
+    dsn = pgmig_schema.dsn
 
     async def open_() -> tuple[Any, Any]:
-        conn = await asyncpg.connect(pgmig_schema.dsn, timeout=CONNECT_TIMEOUT)
+        loop = asyncio.get_running_loop()
+        conn = await take_asyncpg(kept, loop, dsn) if kept is not None else None
+        if conn is None:
+            conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
         outer = None
         if worker:
             outer = conn.transaction()
@@ -156,6 +164,14 @@ def pgmig_conn(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> Ite
                     await outer.rollback()
             except Exception:
                 conn.terminate()
+        loop = asyncio.get_running_loop()
+        if (
+            kept is not None
+            and not conn.is_closed()
+            and KEPT not in request.node.stash
+            and await give_back_asyncpg(kept, loop, dsn, conn)
+        ):
+            return
         await close_or_terminate(conn)
 
     conn, outer = runner.run(open_())

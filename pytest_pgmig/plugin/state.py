@@ -71,6 +71,8 @@ class PgmigState:
     kept: list[str] = field(default_factory=list)
     checked_folders: set[Path] = field(default_factory=set)  # marker and factory folders
     psycopg: dict[str, Any] = field(default_factory=dict)  # pgmig_psycopg's, by schema DSN
+    # pgmig_conn's on a loop that outlives its test, by (loop, DSN): (connection, loop)
+    asyncpg: dict[tuple[int, str], Any] = field(default_factory=dict)
     closed: bool = False
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
@@ -188,10 +190,10 @@ class PgmigState:
         if self.closed:
             return
         self.closed = True
-        if self.psycopg:
+        if self.psycopg or self.asyncpg:
             from pytest_pgmig.plugin.connections import close_kept
 
-            close_kept(self.psycopg)  # their sessions would hold up the schemas' drop
+            close_kept(self.psycopg, self.asyncpg)  # their sessions would hold up the drop
         if self.isolation is not None and self.runtime is not None:
             try:
                 self.runtime.run(self.isolation.close(), timeout=60)
