@@ -72,11 +72,16 @@ def pgmig_psycopg(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> 
         conn = psycopg.connect(pgmig_schema.dsn)
     yield conn
     if _clean(conn):
-        kept[pgmig_schema.dsn] = conn
-        while len(kept) > KEEP_AT_MOST:
-            kept.pop(next(iter(kept))).close()  # the oldest
+        _keep(kept, pgmig_schema.dsn, conn, lambda old: old.close())
     else:
         conn.close()
+
+
+def _keep(kept: dict[Any, Any], key: Any, value: Any, close: Any) -> None:
+    """Keep `value` under `key`, closing the oldest kept past `KEEP_AT_MOST`."""
+    kept[key] = value
+    while len(kept) > KEEP_AT_MOST:
+        close(kept.pop(next(iter(kept))))
 
 
 def _clean(conn: Any) -> bool:
@@ -151,10 +156,7 @@ async def give_back_asyncpg(
         await conn.execute(_RESET_SESSION)
     except Exception:
         return False
-    kept[(id(loop), dsn)] = (conn, loop)
-    while len(kept) > KEEP_AT_MOST:
-        oldest, _ = kept.pop(next(iter(kept)))
-        _terminate(oldest)
+    _keep(kept, (id(loop), dsn), (conn, loop), lambda old: _terminate(old[0]))
     return True
 
 
