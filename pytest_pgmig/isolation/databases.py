@@ -13,7 +13,7 @@ from pytest_pgmig.isolation import dbreset, registry
 from pytest_pgmig.isolation.base import Context, PgmigSchema, Sets, Slot
 from pytest_pgmig.isolation.cluster import ClusterCheck
 from pytest_pgmig.isolation.migrate import migration_failed
-from pytest_pgmig.isolation.pool import RESET_LOCK_TIMEOUT_MS, ControlSession, SetPool
+from pytest_pgmig.isolation.pool import ControlSession, SetPool
 from pytest_pgmig.isolation.reset import TRACKING_TABLE
 from pytest_pgmig.runtime import close_or_terminate
 from pytest_pgmig.servers.dsn import with_database
@@ -57,7 +57,6 @@ class DatabaseIsolation(ControlSession):
         self._templates: dict[Sets, tuple[str, str]] = {}
         # a session in each copy that has been reset, by database name
         self._resetters: dict[str, asyncpg.Connection] = {}
-        self._replica = False
 
     async def start(self) -> list[str]:
         """Connect, check the role may create databases, take a lease, reap dead runs'."""
@@ -246,17 +245,8 @@ class DatabaseIsolation(ControlSession):
         """The session that resets copy `name`, opened at its first reset."""
         conn = self._resetters.get(name)
         if conn is None or conn.is_closed():
-            settings = {
-                "application_name": f"pgmig-reset:{self.context.run}:{self.context.worker}"[:63],
-                "lock_timeout": str(RESET_LOCK_TIMEOUT_MS),
-                "statement_timeout": str(int(self.context.statement_timeout * 1000)),
-                "client_min_messages": "warning",
-            }
-            if self._replica:
-                # rows go by DELETE with no user or FK trigger firing
-                settings["session_replication_role"] = "replica"
             dsn = with_database(self.context.admin_dsn, name)
-            conn = await asyncpg.connect(dsn, server_settings=settings, timeout=10)
+            conn = await asyncpg.connect(dsn, server_settings=self.reset_settings(), timeout=10)
             self._resetters[name] = conn
         return conn
 

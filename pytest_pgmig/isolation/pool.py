@@ -57,6 +57,7 @@ class ControlSession:
         self._lease = 0
         self._mine: list[str] = []  # what this process made and will drop
         self._counter = 0
+        self._replica = False  # the role is a superuser: resets may run in replica role
 
     @property
     def op(self) -> asyncio.Lock:
@@ -70,6 +71,20 @@ class ControlSession:
         if self._conn is None or self._conn.is_closed():
             raise ConnectionError("pytest-pgmig's control connection to the server is closed")
         return self._conn
+
+    def reset_settings(self) -> dict[str, str]:
+        """The server settings of a session that resets: replica role where the role may
+        (no user or FK trigger fires while rows are removed; migrations must run with
+        triggers, so never on the control session), and a short lock timeout."""
+        settings = {
+            "application_name": f"pgmig-reset:{self.context.run}:{self.context.worker}"[:63],
+            "lock_timeout": str(RESET_LOCK_TIMEOUT_MS),
+            "statement_timeout": str(int(self.context.statement_timeout * 1000)),
+            "client_min_messages": "warning",
+        }
+        if self._replica:
+            settings["session_replication_role"] = "replica"
+        return settings
 
     async def settle(self, pools: Iterable[SetPool], *, timeout: float) -> None:
         """Before dropping: let background work finish, and whatever was interrupted on the

@@ -13,7 +13,7 @@ from pytest_pgmig.errors import MigrationFailed
 from pytest_pgmig.isolation import registry, reset
 from pytest_pgmig.isolation.base import Context, PgmigSchema, Sets, Slot
 from pytest_pgmig.isolation.migrate import SetMigrator
-from pytest_pgmig.isolation.pool import RESET_LOCK_TIMEOUT_MS, ControlSession, SetPool
+from pytest_pgmig.isolation.pool import ControlSession, SetPool
 from pytest_pgmig.isolation.roles import FALLBACK, Roles
 from pytest_pgmig.runtime import close_or_terminate
 
@@ -51,7 +51,6 @@ class SchemaIsolation(ControlSession):
     def __init__(self, context: Context) -> None:
         super().__init__(context)
         self._reset_conn: asyncpg.Connection | None = None
-        self._replica = False
         self._server_pid = 0
         self._pools: dict[tuple[str, Sets], _SetPool] = {}
         self._warned: set[Sets] = set()
@@ -80,21 +79,15 @@ class SchemaIsolation(ControlSession):
             self.context.admin_dsn, server_settings=settings, timeout=10
         )
         self._server_pid = self._conn.get_server_pid()
-        # Resets run on a session of their own, in replica role where the role may (no user
-        # or FK trigger fires while rows are removed); migrations must run with triggers.
+        # resets run on a session of their own (see `reset_settings`)
         self._replica = bool(
             await self._conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
         )
         self._roles = Roles.for_server(
             self.context.admin_dsn, superuser=self._replica, own_server=self.context.own_server
         )
-        if self._replica:
-            settings = {**settings, "session_replication_role": "replica"}
-        settings["application_name"] = f"pgmig-reset:{self.context.run}:{self.context.worker}"[:63]
-        # a lock met by a reset is the sign to end the lock's holder: do not wait long for it
-        settings["lock_timeout"] = str(RESET_LOCK_TIMEOUT_MS)
         self._reset_conn = await asyncpg.connect(
-            self.context.admin_dsn, server_settings=settings, timeout=10
+            self.context.admin_dsn, server_settings=self.reset_settings(), timeout=10
         )
         await registry.install(self._conn, own_server=self.context.own_server)
         self._lease = await registry.take_lease(self._conn)
