@@ -19,10 +19,9 @@ KEEP_AT_MOST = 4
 # What `DISCARD ALL` does but for psycopg's own prepared statements (made through the
 # protocol, not SQL PREPARE): psycopg keeps track of those, and misses that a DISCARD ALL
 # dropped them when it runs the same DISCARD ALL again. They stay, prepared for the next test.
-_RESET_SESSION = """
-CLOSE ALL;
-UNLISTEN *;
-SELECT pg_advisory_unlock_all();
+# asyncpg's Connection.reset() closes cursors, unlistens and unlocks itself: it needs only
+# `_RESET_MORE` (RESET ALL again after SET SESSION AUTHORIZATION, in the same round trip).
+_RESET_MORE = """
 DISCARD TEMP;
 DISCARD SEQUENCES;
 SET SESSION AUTHORIZATION DEFAULT;
@@ -37,6 +36,7 @@ BEGIN
 END
 $pgmig$;
 """
+_RESET_SESSION = "CLOSE ALL;\nUNLISTEN *;\nSELECT pg_advisory_unlock_all();" + _RESET_MORE
 
 
 @pytest.fixture
@@ -153,7 +153,7 @@ async def give_back_asyncpg(
     the caller closes it) when it cannot be reused."""
     try:
         await conn.reset()  # rollback, listeners, RESET ALL, cursors, advisory locks
-        await conn.execute(_RESET_SESSION)
+        await conn.execute(_RESET_MORE)
     except Exception:
         return False
     _keep(kept, (id(loop), dsn), (conn, loop), lambda old: _terminate(old[0]))
