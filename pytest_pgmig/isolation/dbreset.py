@@ -99,13 +99,15 @@ async def prepare(conn: asyncpg.Connection, *, replica: bool, log: bool) -> str:
     known = []
     for i, schema in enumerate(schemas):
         seed = f"{SEED_PREFIX}{i}"
-        captured = await reset.capture(conn, schema)
-        await conn.execute(f"CREATE SCHEMA {q(seed)}")
-        for table in captured.seeded:
-            await conn.execute(
-                f"CREATE TABLE {q(seed)}.{q(table)} AS SELECT * FROM {q(schema)}.{q(table)}"
-            )
         tables = await reset.tables(conn, schema)
+        captured = await reset.capture(conn, schema, tables)
+        await conn.execute(
+            f"CREATE SCHEMA {q(seed)};\n"
+            + "".join(
+                f"CREATE TABLE {q(seed)}.{q(table)} AS SELECT * FROM {q(schema)}.{q(table)};\n"
+                for table in captured.seeded
+            )
+        )
         template = dataclasses.replace(captured, name=seed)
         seen = await reset.known(conn, schema)
         known.append((schema, seen))

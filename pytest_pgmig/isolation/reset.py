@@ -119,10 +119,13 @@ async def tables(conn: asyncpg.Connection, schema: str) -> list[Table]:
     return [Table(r["relname"], r["cols"], r["fields"]) for r in await conn.fetch(_TABLES, schema)]
 
 
-async def capture(conn: asyncpg.Connection, schema: str) -> Template:
-    """What a freshly migrated `schema` holds: its seed rows' hashes and sequence states."""
+async def capture(
+    conn: asyncpg.Connection, schema: str, its_tables: Sequence[Table] | None = None
+) -> Template:
+    """What a freshly migrated `schema` holds: its seed rows' hashes and sequence states
+    (`its_tables`: its `tables`, when the caller has them already)."""
     seeded: dict[str, str] = {}
-    for table in await tables(conn, schema):
+    for table in its_tables if its_tables is not None else await tables(conn, schema):
         rows = await conn.fetchval(
             f"SELECT CASE WHEN EXISTS (SELECT 1 FROM {q(schema)}.{q(table.name)}) "
             f"THEN {REGISTRY}.rows_v1($1, $2) END",
