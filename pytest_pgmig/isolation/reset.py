@@ -66,6 +66,17 @@ async def known(conn: asyncpg.Connection, schema: str) -> Known:
     return Known(tuple(rels), tuple(objs), int(max_oid))
 
 
+async def known_and_state(conn: asyncpg.Connection, schema: str, *, log: bool) -> tuple[Known, str]:
+    """What `schema` holds now, and its state read with it, in one round trip."""
+    rels, objs, max_oid, state = await conn.fetchrow(
+        f"SELECT k.*, {REGISTRY}.state_v2($1, ARRAY[{lit(TRACKING_TABLE)}], $2, k.rels, "
+        f"k.objs, k.max_oid) FROM ({_KNOWN}) AS k (rels, objs, max_oid)",
+        schema,
+        log,
+    )
+    return Known(tuple(rels), tuple(objs), int(max_oid)), str(state)
+
+
 def state_sql(schema: str, seen: Known, log: str) -> str:
     """The SQL expression of `schema`'s state (`log`: the expression saying whether the DDL
     log answers).

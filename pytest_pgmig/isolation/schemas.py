@@ -170,9 +170,8 @@ class SchemaIsolation(ControlSession):
         # (a cancelled migration, Ctrl-C, leaves the schema to close(): the connection is
         # still busy with the statement being cancelled)
         self.stats.migrations += migrated.applied
-        seen = self._known[name] = await reset.known(self.conn, name)
-        state = await self.conn.fetchval(
-            f"SELECT {reset.state_sql(name, seen, '$1')}", self.context.own_server
+        self._known[name], state = await reset.known_and_state(
+            self.conn, name, log=self.context.own_server
         )
         lib = sets[0].module if sets else self.context.module_default
         search_path = tuple(dict.fromkeys((name, *migrated.path)))
