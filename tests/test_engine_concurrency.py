@@ -97,3 +97,31 @@ async def test_eight_processes_apply_each_file_exactly_once(
         assert await conn.fetchval(f'SELECT count(*) FROM "{schema}".counter') == 1
     finally:
         await conn.close()
+
+
+async def test_a_relation_dropped_under_a_catalog_scan_counts_as_transient(
+    admin_dsn: str,
+) -> None:
+    """What the outside-write check meets when another session drops a sequence while it
+    reads the sequences' values: the error is the server's timing, so the file is tried
+    again in a new schema instead of failing its tests."""
+    from pytest_pgmig.engine.apply import is_transient
+
+    name = f"gone_{os.getpid()}"
+    reader = await asyncpg.connect(admin_dsn)
+    dropper = await asyncpg.connect(admin_dsn)
+    try:
+        await dropper.execute(f"CREATE SEQUENCE public.{name}")
+        async with reader.transaction(isolation="repeatable_read"):
+            await reader.fetchval("SELECT 1")  # the snapshot still holds the sequence
+            await dropper.execute(f"DROP SEQUENCE public.{name}")
+            with pytest.raises(asyncpg.PostgresError) as raised:
+                await reader.fetchval(
+                    "SELECT pg_sequence_last_value(oid) FROM pg_class WHERE relname = $1", name
+                )
+        assert "could not open relation with OID" in str(raised.value)
+        assert is_transient(raised.value)
+    finally:
+        await dropper.execute(f"DROP SEQUENCE IF EXISTS public.{name}")
+        await reader.close()
+        await dropper.close()

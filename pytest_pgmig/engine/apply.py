@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +28,16 @@ logger = logging.getLogger("pytest_pgmig.engine.migrations")
 
 # deadlock, serialization failure, lock timeout: another session's timing, not the SQL
 _TRANSIENT = {"40P01", "40001", "55P03"}
+# internal errors of a catalog row whose object another session dropped meanwhile
+_DROPPED_MEANWHILE = ("could not open relation with OID", "cache lookup failed for")
+
+
+# the tracking SQL to send after a file, given its time in ms (None: timed by the server)
+Track = Callable[[float | None], str]
+
+
+def _untracked(ms: float | None) -> str:
+    return ""
 
 
 class FileCheck(Protocol):
@@ -100,12 +111,26 @@ class Applier:
         self, conn: Connection, filename: str, checksum: str, plan: ScriptPlan
     ) -> float:
         """Apply one file and record it; its time in milliseconds. Raises `MigrationError`."""
+        return await self.run(
+            conn, filename, plan, lambda ms: self.tracking.record_sql(filename, checksum, ms)
+        )
+
+    async def revert(self, conn: Connection, filename: str, plan: ScriptPlan, *, up: str) -> float:
+        """Run down file `filename` and delete the row of `up`, the file it reverts."""
+        return await self.run(conn, filename, plan, lambda ms: self.tracking.forget_sql(up))
+
+    async def run(
+        self, conn: Connection, filename: str, plan: ScriptPlan, track: Track | None = None
+    ) -> float:
+        """Run one file, then the tracking SQL `track` gives (none: the tables stay as they
+        are, as for a file run a second time); its time in milliseconds."""
+        track = track or _untracked
         if plan.transactional:
-            return await self._in_transaction(conn, filename, checksum, plan)
-        return await self._autocommit(conn, filename, checksum, plan)
+            return await self._in_transaction(conn, filename, plan, track)
+        return await self._autocommit(conn, filename, plan, track)
 
     async def _in_transaction(
-        self, conn: Connection, filename: str, checksum: str, plan: ScriptPlan
+        self, conn: Connection, filename: str, plan: ScriptPlan, track: Track
     ) -> float:
         # One round trip: the file, its tracking row and the commit in a single
         # simple-query message. The file's own BEGIN/COMMIT were blanked by the planner.
@@ -116,17 +141,39 @@ class Applier:
         template = blank(plan.script, [s for s in plan.statements if self.options.skips(s)])
         script = self._render(filename, template)
         after = check.after_sql() if check is not None else ""
-        record = self.tracking.record_sql(filename, checksum)
         started = time.perf_counter()
         try:
-            await conn.execute(f"{prefix}{script}\n;{after}{record};COMMIT;")
+            await conn.execute(f"{prefix}{script}\n;{after}{track(None)};COMMIT;")
         except asyncpg.PostgresError as exc:
             await rollback(conn)
-            raise self._sql_error(filename, plan, template, exc, len(prefix), None) from exc
+            located = None
+            if not getattr(exc, "position", None) and not is_transient(exc):
+                located = await self._locate(conn, filename, plan)
+            raise self._sql_error(filename, plan, template, exc, len(prefix), located) from exc
         return (time.perf_counter() - started) * 1000
 
+    async def _locate(self, conn: Connection, filename: str, plan: ScriptPlan) -> int | None:
+        """Where a file failed when the server did not say (``function g() does not exist``):
+        its statements run again one at a time, in a transaction rolled back."""
+        statements = [s for s in plan.statements if s.kind == "sql" and not self.options.skips(s)]
+        if len(statements) < 2:
+            return statements[0].start if statements else None
+        try:
+            await conn.execute("BEGIN;" + self._set_path("SET LOCAL"))
+            for statement in statements:
+                text = plan.text[statement.start : statement.end]
+                try:
+                    await conn.execute(self._render(filename, text))
+                except asyncpg.PostgresError:
+                    return statement.start
+        except (asyncpg.PostgresError, MigrationError):
+            pass
+        finally:
+            await rollback(conn)
+        return None
+
     async def _autocommit(
-        self, conn: Connection, filename: str, checksum: str, plan: ScriptPlan
+        self, conn: Connection, filename: str, plan: ScriptPlan, track: Track
     ) -> float:
         logger.info(
             "Applying '%s' outside a transaction (%s): statements commit one by one.",
@@ -158,7 +205,9 @@ class Applier:
                         filename, plan, text, exc, len(prefix), statement.start
                     ) from exc
             elapsed = (time.perf_counter() - started) * 1000
-            await self.tracking.record(conn, filename, checksum, elapsed)
+            tracking_sql = track(elapsed)
+            if tracking_sql:
+                await conn.execute(tracking_sql)
         finally:
             await conn.execute("SELECT set_config('search_path', $1, false)", old_path)
         return elapsed
@@ -195,7 +244,8 @@ class Applier:
             failure = check.explain(filename, exc, committed=not plan.transactional)
             if failure is not None:
                 return failure
-        sql_error = f"{type(exc).__name__}: {exc}"
+        # asyncpg's str() already ends with DETAIL and HINT: the server's message alone
+        sql_error = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
         for extra in ("detail", "hint"):
             value = getattr(exc, extra, None)
             if value:
@@ -242,11 +292,18 @@ def is_transient(exc: asyncpg.PostgresError) -> bool:
     """Whether running the same SQL again may succeed: a concurrent session got in the way.
 
     A unique violation in a system catalog (two sessions creating one type or extension
-    at once) counts; one in a user's table does not.
+    at once) counts; one in a user's table does not. So does a relation dropped by another
+    session between a catalog scan and its opening (``could not open relation with OID``,
+    met by the outside-write check on a server others change).
     """
     state = getattr(exc, "sqlstate", None)
     constraint = getattr(exc, "constraint_name", None) or ""
-    return state in _TRANSIENT or (state == "23505" and constraint.startswith("pg_"))
+    message = getattr(exc, "message", None) or ""
+    return (
+        state in _TRANSIENT
+        or (state == "23505" and constraint.startswith("pg_"))
+        or (state == "XX000" and message.startswith(_DROPPED_MEANWHILE))
+    )
 
 
 async def rollback(conn: Connection) -> None:

@@ -111,23 +111,21 @@ class Tracking:
         except NO_TABLE:
             return []
 
-    def record_sql(self, filename: str, checksum: str) -> str:
-        """The INSERT of a file's row, timed by the server, to send with the file itself."""
+    def record_sql(self, filename: str, checksum: str, ms: float | None = None) -> str:
+        """The INSERT of a file's row; timed by the server (``ms=None``) when sent with the
+        file itself, else with the time measured by the caller."""
+        elapsed = _ELAPSED_MS if ms is None else f"{float(ms)!r}::float8"
         return (
             f"INSERT INTO {self.table} (filename, checksum, module_name, execution_time_ms) "
             f"VALUES ({sql_literal(filename)}, {sql_literal(checksum)}, "
-            f"{sql_literal(self.module_name)}, {_ELAPSED_MS})"
+            f"{sql_literal(self.module_name)}, {elapsed})"
         )
 
-    async def record(self, conn: Connection, filename: str, checksum: str, ms: float) -> None:
-        """Insert a file's row on its own (after a file run outside a transaction)."""
-        await conn.execute(
-            f"INSERT INTO {self.table} (filename, checksum, module_name, execution_time_ms) "
-            "VALUES ($1, $2, $3, $4::float8)",
-            filename,
-            checksum,
-            self.module_name,
-            ms,
+    def forget_sql(self, filename: str) -> str:
+        """The DELETE of a file's row, sent with the down file that reverts it."""
+        return (
+            f"DELETE FROM {self.table} WHERE filename = {sql_literal(filename)} "
+            f"AND module_name = {sql_literal(self.module_name)}"
         )
 
     async def forget(self, conn: Connection, filename: str) -> None:
