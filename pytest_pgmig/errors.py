@@ -84,6 +84,11 @@ class OutsideSchemaError(MigrationError):
         self.cluster = cluster
 
 
+class CheckFailed(PgmigError):
+    """A migration check (``pgmig.down[...]``, ``pgmig.idempotent[...]``) found a problem;
+    the message names the file and what is wrong."""
+
+
 class ServerError(PgmigError):
     """The server could not be chosen, started or reached.
 

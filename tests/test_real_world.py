@@ -242,7 +242,7 @@ def test_up_down_folder(pytester: pytest.Pytester, server_dsn: str) -> None:
         files=UP_DOWN,
     )
     result = pytester.runpytest("--pgmig-migrations=migrations", f"--pgmig-dsn={server_dsn}")
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)  # the test, and pgmig.down[...]: the downs undo the ups
 
 
 # A pg_dump baseline: search_path emptied, every name qualified with public.

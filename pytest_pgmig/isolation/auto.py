@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from pytest_pgmig.errors import CannotCreateDatabases, MigrationFailed
+from pytest_pgmig.checks.workspace import Procedure, T
+from pytest_pgmig.errors import CannotCreateDatabases, MigrationFailed, OutsideSchemaError
 from pytest_pgmig.isolation.base import Context, Sets, Slot, Stats
 from pytest_pgmig.isolation.databases import DatabaseIsolation
+from pytest_pgmig.isolation.migrate import migration_failed
 from pytest_pgmig.isolation.schemas import SchemaIsolation
 
 
@@ -44,6 +46,24 @@ class AutoIsolation:
         if self._refused is not None:
             raise MigrationFailed(self._refused.brief, self._refused.brief)
         return await self.databases.acquire(sets, spare=spare, lane=lane)
+
+    async def check(self, sets: Sets, procedure: Procedure[T]) -> T:
+        """Run a migration check where the set's tests run: in a schema, or in a database
+        once its files are found to write outside their schema (then the tests move too)."""
+        if sets not in self._moved:
+            try:
+                return await self.schemas.check(sets, procedure)
+            except OutsideSchemaError as exc:
+                if exc.cluster:
+                    raise
+                cause = migration_failed(sets[-1], exc)
+                assert cause.outside is not None
+                self._moved.add(sets)
+                self._note(sets, cause.outside)
+                await self._start_databases(cause)
+        if self._refused is not None:
+            raise MigrationFailed(self._refused.brief, self._refused.brief)
+        return await self.databases.check(sets, procedure)
 
     async def _start_databases(self, cause: MigrationFailed) -> None:
         if self._databases_started or self._refused is not None:

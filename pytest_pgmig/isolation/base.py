@@ -6,9 +6,14 @@ import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pytest_pgmig.servers.dsn import redact
+
+if TYPE_CHECKING:
+    from pytest_pgmig.checks.workspace import Procedure
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,8 @@ class Stats:
     switched: list[str] = field(default_factory=list)
     # what else the summary must say once (how schemas' DSNs set search_path)
     notes: list[str] = field(default_factory=list)
+    # what each migration check found and cost, one line a check
+    checks: list[str] = field(default_factory=list)
     setup_s: list[float] = field(default_factory=list)
     teardown_s: list[float] = field(default_factory=list)
 
@@ -128,6 +135,7 @@ class Stats:
             reset_cause=self.reset_cause,
             switched=self.switched,
             notes=self.notes,
+            checks=self.checks,
             setup_s=self.setup_s,
             teardown_s=self.teardown_s,
         )
@@ -139,6 +147,7 @@ class Stats:
         self.reset_cause = self.reset_cause or str(data.get("reset_cause", ""))
         self.switched += [line for line in data.get("switched", ()) if line not in self.switched]
         self.notes += [line for line in data.get("notes", ()) if line not in self.notes]
+        self.checks += list(data.get("checks", ()))
         self.setup_s += list(data.get("setup_s", ()))
         self.teardown_s += list(data.get("teardown_s", ()))
 
@@ -161,6 +170,7 @@ class Stats:
             *self.switched,
             *self.notes,
             f"migrations applied: {self.migrations}",
+            *self.checks,
             f"isolation cost: {total:.2f} s in set-up and teardown over {len(per_test)} "
             f"tests, median {median:.1f} ms per test",
         ]
@@ -195,6 +205,10 @@ class Isolation(Protocol):
 
     async def keep(self, slot: Slot) -> None:
         """Keep a failed test's slot for inspection: never reset, reused or dropped."""
+
+    async def check(self, sets: Sets, procedure: Procedure[T]) -> T:
+        """Run a migration check on `sets` in a workspace of its own, dropped after; never
+        in a slot a test uses."""
 
     async def close(self) -> None:
         """Drop everything this process made (kept slots stay) and disconnect."""

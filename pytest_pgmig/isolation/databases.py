@@ -6,6 +6,7 @@ import asyncio
 
 import asyncpg  # type: ignore[import-untyped]
 
+from pytest_pgmig.checks.workspace import Procedure, T, Workspace
 from pytest_pgmig.engine.apply import ApplyOptions
 from pytest_pgmig.engine.runner import Runner
 from pytest_pgmig.errors import CannotCreateDatabases, MigrationError, MigrationFailed
@@ -131,6 +132,21 @@ class DatabaseIsolation(ControlSession):
             if self._conn is not None and not self._conn.is_closed():
                 await close_or_terminate(self._conn)
 
+    async def check(self, sets: Sets, procedure: Procedure[T]) -> T:
+        """Run a migration check (`pytest_pgmig.checks`) in an empty database of its own,
+        made and dropped like a test's; files run there as they do into a template."""
+        async with self.op:
+            name = await self._register("chk", template=None)
+        try:
+            conn = await self._migrating_session(name)
+            try:
+                return await procedure(Workspace(conn, PUBLIC, _AS_WRITTEN, database=True))
+            finally:
+                await close_or_terminate(conn)
+        finally:
+            async with self.op:
+                await self._discard(name)
+
     # -- making databases -------------------------------------------------------------------
 
     async def _template(self, pool: SetPool, sets: Sets) -> tuple[str, str]:
@@ -155,13 +171,7 @@ class DatabaseIsolation(ControlSession):
     async def _migrate(self, database: str, sets: Sets) -> tuple[int, str]:
         """Apply every set to `database` as production would, and make it able to reset its
         copies: the number of files applied, and the state the copies start in."""
-        settings = {
-            "application_name": f"pgmig-migrate:{self.context.run}"[:63],
-            "statement_timeout": str(int(self.context.statement_timeout * 1000)),
-            "client_min_messages": "warning",
-        }
-        dsn = with_database(self.context.admin_dsn, database)
-        conn = await asyncpg.connect(dsn, server_settings=settings, timeout=10)
+        conn = await self._migrating_session(database)
         applied = 0
         try:
             for mset in sets:
@@ -179,6 +189,15 @@ class DatabaseIsolation(ControlSession):
             # the template must have no session left, or it cannot be copied
             await close_or_terminate(conn)
         return applied, state
+
+    async def _migrating_session(self, database: str) -> asyncpg.Connection:
+        settings = {
+            "application_name": f"pgmig-migrate:{self.context.run}"[:63],
+            "statement_timeout": str(int(self.context.statement_timeout * 1000)),
+            "client_min_messages": "warning",
+        }
+        dsn = with_database(self.context.admin_dsn, database)
+        return await asyncpg.connect(dsn, server_settings=settings, timeout=10)
 
     async def _clone(self, template: tuple[str, str], sets: Sets, lane: str) -> Slot:
         name = await self._register("d", template=template[0])

@@ -17,6 +17,8 @@ from pytest_pgmig.isolation.reset import TRACKING_TABLE
 
 # the plugin installs a set's extensions itself, once per database
 _SKIP = (("CREATE", "EXTENSION"),)
+# and a migration check's down files may not drop them from under the tests
+CHECK_SKIP = (*_SKIP, ("DROP", "EXTENSION"))
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class SetMigrator:
             module_name = f"{mset.module}_{name}"
             module_names[mset.module] = module_name
             try:
-                set_path = await self._extension_path(conn, mset)
+                set_path = await self.extension_path(conn, mset)
                 options = ApplyOptions(
                     search_path=set_path,
                     skip=_SKIP,
@@ -67,9 +69,7 @@ class SetMigrator:
         await conn.execute("RESET ALL")
         return Migrated(module_names, path or (extensions.EXTENSION_SCHEMA,), applied)
 
-    async def _extension_path(
-        self, conn: asyncpg.Connection, mset: MigrationSet
-    ) -> tuple[str, ...]:
+    async def extension_path(self, conn: asyncpg.Connection, mset: MigrationSet) -> tuple[str, ...]:
         """Install the extensions a set creates (once per process); the schemas they are in."""
         path = self.paths.get(mset)
         if path is None:

@@ -8,11 +8,14 @@ from dataclasses import dataclass
 
 import asyncpg  # type: ignore[import-untyped]
 
+from pytest_pgmig.checks.workspace import Procedure, T, Workspace
+from pytest_pgmig.engine.apply import ApplyOptions
 from pytest_pgmig.engine.templates import quote_identifier
 from pytest_pgmig.errors import MigrationFailed
 from pytest_pgmig.isolation import registry, reset
 from pytest_pgmig.isolation.base import Context, PgmigSchema, Sets, Slot
-from pytest_pgmig.isolation.migrate import SetMigrator
+from pytest_pgmig.isolation.guard import Guard
+from pytest_pgmig.isolation.migrate import CHECK_SKIP, SetMigrator
 from pytest_pgmig.isolation.pool import ControlSession, SetPool
 from pytest_pgmig.isolation.roles import FALLBACK, Roles
 from pytest_pgmig.runtime import close_or_terminate
@@ -143,6 +146,28 @@ class SchemaIsolation(ControlSession):
             for session in (conn, self._reset_conn):
                 if session is not None and not session.is_closed():
                     await close_or_terminate(session)
+
+    async def check(self, sets: Sets, procedure: Procedure[T]) -> T:
+        """Run a migration check (`pytest_pgmig.checks`) in an empty schema of its own,
+        made and dropped like a test's; files run there as in a test's schema."""
+        async with self.op:
+            name = self._next_name("chk")
+            await registry.register(
+                self.conn, name, lease=self._lease, run=self.context.run, worker=self.context.worker
+            )
+            self._mine.append(name)
+            self.stats.created += 1
+            try:
+                path: tuple[str, ...] = ()
+                for mset in sets:
+                    path += await self._migrator.extension_path(self.conn, mset)
+                options = ApplyOptions(
+                    search_path=tuple(dict.fromkeys(path)), skip=CHECK_SKIP, check=Guard(name)
+                )
+                return await procedure(Workspace(self.conn, name, options))
+            finally:
+                await self.conn.execute("RESET ALL")  # what the files SET, as after migrating
+                await self._discard(name)
 
     # -- creating ---------------------------------------------------------------------------
 

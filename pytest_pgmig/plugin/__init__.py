@@ -138,7 +138,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"pgmig: server {server}; migrations {folders} [{opts.migrations.source}]; "
         f"scope {opts.scope}; isolation {opts.isolation}; keep {opts.keep}"
         + (f"; ddl log {opts.ddl_log}" if opts.ddl_log.value else "")
+        + f"; checks down {_on(opts.check_down)}, idempotent {_on(opts.check_idempotent)}"
     ] + [f"pgmig: {note}" for note in notes]
+
+
+def _on(setting: settings.Setting[bool]) -> str:
+    return f"{'on' if setting.value else 'off'} [{setting.source}]"
 
 
 def _local_plan(requested: str) -> str:
@@ -187,7 +192,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     state = session.config.stash.get(STATE, None)
     if state is None:
         return
-    session.items[:0] = checks.items(session, state.settings.migrations.value)
+    session.items[:0] = checks.items(session, state.settings)
 
 
 @pytest.hookimpl(wrapper=True)

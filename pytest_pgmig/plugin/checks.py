@@ -2,23 +2,54 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_pgmig.engine import lockfile
-from pytest_pgmig.isolation.base import MigrationSet
+from pytest_pgmig.engine.files import DOWN_SUFFIX
+from pytest_pgmig.errors import CheckFailed, MigrationError
+from pytest_pgmig.isolation.base import MigrationSet, Sets
+from pytest_pgmig.plugin import settings
+from pytest_pgmig.plugin.state import state_of
+
+if TYPE_CHECKING:
+    from pytest_pgmig.checks.workspace import Workspace
 
 
-def items(session: pytest.Session, sets: Sequence[MigrationSet]) -> list[pytest.Item]:
-    """The check items for the run's migration sets: ``pgmig.lock[<module>]`` where locked."""
-    return [
+def items(session: pytest.Session, opts: settings.Settings) -> list[pytest.Item]:
+    """The check items for the run's migration sets: ``pgmig.lock[<module>]`` where locked,
+    ``pgmig.down[<module>]`` where there are down files, ``pgmig.idempotent[<module>]`` when
+    asked for."""
+    sets = opts.migrations.value
+    found: list[pytest.Item] = [
         LockCheck.from_parent(session, name=f"pgmig.lock[{m.module}]", folder=m.path)
         for m in sets
         if (m.path / lockfile.LOCK_NAME).exists()
     ]
+    for index, mset in enumerate(sets):
+        # a set is checked on the sets before it, as its tests have them
+        upto = sets[: index + 1]
+        wanted = {
+            "down": opts.check_down.value and _has_downs(mset.path),
+            "idempotent": opts.check_idempotent.value,
+        }
+        found += [
+            MigrationCheck.from_parent(session, name=f"pgmig.{kind}[{mset.module}]", sets=upto)
+            for kind, on in wanted.items()
+            if on
+        ]
+    return found
+
+
+def _has_downs(folder: Path) -> bool:
+    try:
+        return any(entry.name.endswith(DOWN_SUFFIX) for entry in folder.iterdir())
+    except OSError:
+        return False  # the tests report the folder
 
 
 class LockCheck(pytest.Item):
@@ -44,3 +75,61 @@ class LockCheck(pytest.Item):
 
 class LockDrift(Exception):
     """Locked migrations changed."""
+
+
+class MigrationCheck(pytest.Item):
+    """``pgmig.down[...]`` or ``pgmig.idempotent[...]``: a check run on a throwaway schema
+    (or database) of its own, never one a test uses; one worker runs it."""
+
+    def __init__(self, *, sets: Sets, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sets = sets
+        self.kind = self.name.split(".", 1)[1].split("[", 1)[0]
+
+    @property
+    def mset(self) -> MigrationSet:
+        return self.sets[-1]
+
+    def runtest(self) -> None:
+        state = state_of(self.config)
+        isolation = state.isolation_on(state.server())
+        procedure = _procedure(self.kind)
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            outcome = state.call(isolation.check(self.sets, lambda ws: procedure(ws, self.sets)))
+        except CheckFailed as exc:
+            outcome = f"failed: {str(exc).splitlines()[0].rstrip(':')}"
+            raise
+        except MigrationError as exc:
+            where = (
+                f"{self.mset.path}: {exc.migration_file}" if exc.migration_file else self.mset.path
+            )
+            outcome = f"failed: migration {exc.migration_file or self.mset.path} failed"
+            raise CheckFailed(f"migration {where} failed (its tests fail too):\n{exc}") from None
+        finally:
+            seconds = time.perf_counter() - started
+            state.stats.checks.append(f"{self.name}: {outcome} ({seconds:.2f} s)")
+        self.add_report_section("call", "pgmig", outcome)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, CheckFailed):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.mset.path, 0, self.name
+
+
+def _procedure(kind: str) -> Callable[[Workspace, Sets], Awaitable[str]]:
+    """The check a kind of item runs (imported on use: the plugin loads no driver)."""
+    if kind == "idempotent":
+        from pytest_pgmig.checks.idempotence import check_idempotent
+
+        return check_idempotent
+    from pytest_pgmig.checks.reversal import check_downs
+
+    async def downs(workspace: Workspace, sets: Sets) -> str:
+        return (await check_downs(workspace, sets)).summary()
+
+    return downs

@@ -22,9 +22,14 @@ class Option:
     metavar: str | None = None
     type: Callable[[str], Any] | None = None
     flag: bool = False
+    switch: bool = False  # on/off: --pgmig-<name> and --pgmig-no-<name>
     append: bool = False
     env: bool = True
     ini_type: Literal["bool", "linelist"] | None = None
+
+    @property
+    def flag_name(self) -> str:
+        return self.name.replace("_", "-")
 
     def add(self, group: Any, parser: pytest.Parser) -> None:
         where = [f"env PGMIG_{self.name.upper()}"] if self.env else []
@@ -32,13 +37,17 @@ class Option:
             where.append(f"ini pgmig_{self.name}")
         text = f"{self.help} ({'; '.join(where)})" if where else self.help
         kwargs: dict[str, Any] = {"help": text, "dest": f"pgmig_{self.name}"}
-        if self.flag:
+        if self.switch:
+            kwargs.update(action="store_const", const=True, default=None)
+            negative = dict(kwargs, const=False, help=f"turn --pgmig-{self.flag_name} off")
+            group.addoption(f"--pgmig-no-{self.flag_name}", **negative)
+        elif self.flag:
             kwargs.update(action="store_true", default=False)
         else:
             kwargs.update(metavar=self.metavar, type=self.type)
             if self.append:
                 kwargs["action"] = "append"
-        group.addoption(f"--pgmig-{self.name.replace('_', '-')}", **kwargs)
+        group.addoption(f"--pgmig-{self.flag_name}", **kwargs)
         if self.ini_help is not None:
             extra: dict[str, Any] = {"default": False} if self.ini_type == "bool" else {}
             parser.addini(f"pgmig_{self.name}", self.ini_help, type=self.ini_type, **extra)
@@ -105,6 +114,20 @@ OPTIONS = (
         "write or extend <migrations>/pgmig.lock with the checksum of each migration",
         flag=True,
         env=False,
+    ),
+    Option(
+        "check_down",
+        "check that each .down.sql undoes its .up.sql exactly, in a pgmig.down[<module>] "
+        "item per set that has down files (default on)",
+        "on or off: the pgmig.down[<module>] items (default on)",
+        switch=True,
+    ),
+    Option(
+        "check_idempotent",
+        "check that every migration can run a second time without error or change, in a "
+        "pgmig.idempotent[<module>] item per set (default off)",
+        "on or off: the pgmig.idempotent[<module>] items (default off)",
+        switch=True,
     ),
     Option(
         "statement_timeout",

@@ -49,6 +49,8 @@ class Settings:
     module: Setting[str | None] = field(default_factory=lambda: Setting(None, "default"))
     ddl_log: Setting[bool] = field(default_factory=lambda: Setting(False, "default"))
     isolation: Setting[str] = field(default_factory=lambda: Setting("auto", "default"))
+    check_down: Setting[bool] = field(default_factory=lambda: Setting(True, "default"))
+    check_idempotent: Setting[bool] = field(default_factory=lambda: Setting(False, "default"))
 
 
 def scope_type(value: str) -> str:
@@ -64,6 +66,22 @@ def isolation_type(value: str) -> str:
 def server_type(value: str) -> str:
     """argparse `type=` converter for --pgmig-server."""
     return _choice("--pgmig-server", value, SOURCES)
+
+
+_ON = ("on", "1", "true", "yes")
+_OFF = ("off", "0", "false", "no")
+
+
+def switch_type(value: str) -> bool:
+    """An on/off setting's value from the environment or the ini file.
+
+    >>> switch_type("Off"), switch_type("yes")
+    (False, True)
+    """
+    normalised = value.strip().lower()
+    if normalised not in _ON + _OFF:
+        raise _bad(f"invalid value {value!r}: use on or off")
+    return normalised in _ON
 
 
 def timeout_type(value: str) -> float:
@@ -205,6 +223,8 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> 
         lock=bool(config.getoption("pgmig_lock")),
         ddl_log=_resolve_ddl_log(sources),
         isolation=sources.pick("pgmig_isolation", isolation_type, "auto"),
+        check_down=sources.pick("pgmig_check_down", switch_type, True),
+        check_idempotent=sources.pick("pgmig_check_idempotent", switch_type, False),
     )
 
 

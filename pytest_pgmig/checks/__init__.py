@@ -1,0 +1,1 @@
+"""Migration checks: down files that undo their ups, migrations that can run twice."""

@@ -1,0 +1,48 @@
+"""The idempotence check: every migration, run a second time, succeeds and changes nothing."""
+
+from __future__ import annotations
+
+from pytest_pgmig.checks.snapshot import differences, explain
+from pytest_pgmig.checks.workspace import Workspace, file_failed
+from pytest_pgmig.engine.files import load_migrations
+from pytest_pgmig.errors import CheckFailed, MigrationError
+from pytest_pgmig.isolation.base import Sets
+
+
+async def check_idempotent(ws: Workspace, sets: Sets) -> str:
+    """Apply the last set, then run each of its files once more, in order.
+
+    A file run again must succeed and leave the structure and every table's rows as they
+    were; raises `CheckFailed` naming the first that does not. The summary, when all pass.
+
+    Example::
+
+        print(await check_idempotent(workspace, (MigrationSet("app", Path("migrations")),)))
+    """
+    applier = await ws.prepare(sets)
+    files = load_migrations(sets[-1].path)
+    for file in files:
+        await applier.apply(ws.conn, file.filename, file.checksum, file.plan)
+    current = await ws.snapshot(rows=True)
+    for file in files:
+        try:
+            await applier.run(ws.conn, file.filename, file.plan)
+        except MigrationError as exc:
+            raise file_failed(
+                f"{file.filename} fails when run a second time",
+                exc,
+                f"Make {file.path} idempotent (CREATE ... IF NOT EXISTS, INSERT ... ON "
+                "CONFLICT DO NOTHING), or turn this check off (pgmig_check_idempotent = off).",
+            ) from None
+        after = await ws.snapshot(rows=True)
+        found = differences(current, after)
+        if found:
+            when = f"after running {file.filename} a second time"
+            raise CheckFailed(
+                f"{file.filename} changes what is there when run a second time:\n"
+                + explain(found, when, "after the first run")
+                + f"\nMake {file.path} idempotent (guard each change by what is already "
+                "there), or turn this check off (pgmig_check_idempotent = off)."
+            )
+        current = after
+    return f"{len(files)} migration(s) run a second time without error or change"
