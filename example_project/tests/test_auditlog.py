@@ -59,7 +59,7 @@ async def test_auditlog_beside_the_app_in_one_schema(pgmig_db: AsyncDatabaseMana
     )
     assert modules == [
         {"module_name": f"auditlog_{pgmig_db.schema}", "files": 2},
-        {"module_name": f"taskq_{pgmig_db.schema}", "files": 7},
+        {"module_name": f"taskq_{pgmig_db.schema}", "files": 8},
     ]
     job = await TaskQueue(pgmig_db).enqueue("default")
     entry = await log.record("system", "job.enqueue", str(job.id))

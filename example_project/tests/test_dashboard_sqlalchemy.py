@@ -32,4 +32,3 @@ async def test_depths_follow_the_queue(engine: AsyncEngine, tq: TaskQueue) -> No
     await tq.enqueue("emails", {"to": "alan@example.com"})
     await tq.enqueue("reports")
     assert await queue_depths(engine) == {"default": 0, "emails": 2, "reports": 1}
-
