@@ -118,6 +118,23 @@ def test_a_down_that_leaves_something_fails_naming_file_and_object(
     result.stdout.fnmatch_lines([f"pgmig.down[[]{name}[]]: failed: 002_more.down.sql *"])
 
 
+def test_an_empty_down_marks_an_irreversible_migration(
+    pytester: pytest.Pytester, server_dsn: str
+) -> None:
+    # golang-migrate wants both files: a team marks a migration it cannot undo with a down
+    # that holds only a comment
+    files = {**REVERSIBLE, "001_users.down.sql": "-- cannot be undone: data would be lost\n"}
+    result = run(pytester, server_dsn, files)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            f"pgmig.down[[]{lib(pytester)}[]]: 1 down file(s) undo their up exactly; 1 "
+            "migration(s) without a down, skipped: 003_seed.sql; 1 migration(s) with an empty "
+            "down (irreversible), skipped: 001_users.up.sql (* s)"
+        ]
+    )
+
+
 def test_a_down_that_errors_fails_naming_file_and_line(
     pytester: pytest.Pytester, server_dsn: str
 ) -> None:

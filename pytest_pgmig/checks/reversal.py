@@ -8,22 +8,29 @@ from pytest_pgmig.checks.snapshot import Snapshot, differences, explain
 from pytest_pgmig.checks.workspace import Workspace, file_failed
 from pytest_pgmig.engine.apply import Applier
 from pytest_pgmig.engine.files import MigrationFile, decode, load_migrations, plan_for, read_bytes
+from pytest_pgmig.engine.sqltext import ScriptPlan
 from pytest_pgmig.errors import CheckFailed, MigrationError
 from pytest_pgmig.isolation.base import Sets
 
 
 @dataclass
 class DownReport:
-    """What the down check did: the ups whose down it checked, the ups that have none."""
+    """What the down check did: the ups whose down it checked, the ups that have none, and
+    those whose down holds no statement (kept to mark an irreversible migration)."""
 
     checked: list[str] = field(default_factory=list)
     without: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         text = f"{len(self.checked)} down file(s) undo their up exactly"
-        if self.without:
-            names = ", ".join(self.without[:3]) + (", ..." if len(self.without) > 3 else "")
-            text += f"; {len(self.without)} migration(s) without a down, skipped: {names}"
+        for names, what in (
+            (self.without, "without a down"),
+            (self.empty, "with an empty down (irreversible)"),
+        ):
+            if names:
+                listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+                text += f"; {len(names)} migration(s) {what}, skipped: {listed}"
         return text
 
 
@@ -44,28 +51,44 @@ async def check_downs(ws: Workspace, sets: Sets) -> DownReport:
     report = DownReport()
     current: Snapshot | None = None  # the schema now, when known
     for file in load_migrations(sets[-1].path):
-        if file.down is None:
+        down = _read_down(file)
+        if down is None or not down.statements:
             await applier.apply(ws.conn, file.filename, file.checksum, file.plan)
-            report.without.append(file.filename)
+            (report.without if down is None else report.empty).append(file.filename)
             current = None
             continue
         before = current if current is not None else await ws.snapshot()
         await applier.apply(ws.conn, file.filename, file.checksum, file.plan)
         applied = await ws.snapshot()
-        current = await _round_trip(ws, applier, file, before, applied)
+        current = await _round_trip(ws, applier, file, down, before, applied)
         report.checked.append(file.filename)
     return report
 
 
+def _read_down(file: MigrationFile) -> ScriptPlan | None:
+    """How to run the file's down, None when it has none; a bad one fails the check."""
+    if file.down is None:
+        return None
+    name = file.down.name
+    try:
+        return plan_for(decode(read_bytes(file.down), name), name)
+    except MigrationError as exc:
+        raise file_failed(f"{name} cannot be read", exc, f"Fix {file.down}.") from None
+
+
 async def _round_trip(
-    ws: Workspace, applier: Applier, file: MigrationFile, before: Snapshot, applied: Snapshot
+    ws: Workspace,
+    applier: Applier,
+    file: MigrationFile,
+    plan: ScriptPlan,
+    before: Snapshot,
+    applied: Snapshot,
 ) -> Snapshot:
     """Run the file's down, compare, apply the up again, compare; the schema after."""
     assert file.down is not None
     down, up = file.down.name, file.filename
     try:
-        content = decode(read_bytes(file.down), down)
-        await applier.revert(ws.conn, down, plan_for(content, down), up=up)
+        await applier.revert(ws.conn, down, plan, up=up)
     except MigrationError as exc:
         raise file_failed(
             f"{down} fails", exc, f"Fix {file.down} so that it undoes {up}."
