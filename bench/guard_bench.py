@@ -4,8 +4,9 @@
 
 Uses the server of PGMIG_DSN, else starts a throwaway local one. For each generated set
 (T tables over T+1 files, the suite bench's shape), migrates fresh schemas alternately with and
-without the check, and prints the medians side by side and the cost per file. The check runs
-the first time a process migrates a set, never per test.
+without the check, file by file (pgdbm's way) and batched (the plugin's: consecutive
+transactional files in one transaction), and prints the medians side by side and the check's
+cost per file. The check runs the first time a process migrates a set, never per test.
 """
 
 from __future__ import annotations
@@ -34,12 +35,16 @@ from pytest_pgmig.isolation.guard import Guard
 from pytest_pgmig.servers.sources import start_server
 
 
-async def migrate_once(conn: asyncpg.Connection, folder: Path, guarded: bool) -> float:
+async def migrate_once(
+    conn: asyncpg.Connection, folder: Path, guarded: bool, *, batch: bool
+) -> float:
     name = f"guard_{uuid4().hex[:10]}"
     await conn.execute(f'CREATE SCHEMA "{name}"')
     try:
         options = ApplyOptions(
-            skip=(("CREATE", "EXTENSION"),), check=Guard(name) if guarded else None
+            skip=(("CREATE", "EXTENSION"),),
+            check=Guard(name) if guarded else None,
+            batch=batch,
         )
         runner = Runner(name, folder, name, options=options)
         started = time.perf_counter()
@@ -54,24 +59,28 @@ async def run(dsn: str, tables: list[int], repeats: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await registry.install(conn, own_server=False)
-        print(f"{'set':<22}{'plain ms':>10}{'checked ms':>12}{'ratio':>8}{'ms/file':>9}")
+        print(f"{'set':<22}{'how':<14}{'plain ms':>10}{'checked ms':>12}{'ratio':>8}{'ms/file':>9}")
         for count in tables:
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp)
                 files = migration_files(count, count + 1, seed=True)
                 for filename, text in files:
                     (folder / filename).write_text(text)
-                times: dict[bool, list[float]] = {False: [], True: []}
+                kinds = [(batch, guarded) for batch in (False, True) for guarded in (False, True)]
+                times: dict[tuple[bool, bool], list[float]] = {kind: [] for kind in kinds}
                 for _ in range(repeats):
-                    for guarded in (False, True):
-                        times[guarded].append(await migrate_once(conn, folder, guarded))
-                plain = statistics.median(times[False]) * 1000
-                checked = statistics.median(times[True]) * 1000
+                    for batch, guarded in kinds:
+                        elapsed = await migrate_once(conn, folder, guarded, batch=batch)
+                        times[(batch, guarded)].append(elapsed)
                 label = f"T={count}, {len(files)} files"
-                print(
-                    f"{label:<22}{plain:>10.0f}{checked:>12.0f}{checked / plain:>8.2f}"
-                    f"{(checked - plain) / len(files):>9.2f}"
-                )
+                for batch in (False, True):
+                    plain = statistics.median(times[(batch, False)]) * 1000
+                    checked = statistics.median(times[(batch, True)]) * 1000
+                    how = "batched" if batch else "file by file"
+                    print(
+                        f"{label:<22}{how:<14}{plain:>10.0f}{checked:>12.0f}"
+                        f"{checked / plain:>8.2f}{(checked - plain) / len(files):>9.2f}"
+                    )
     finally:
         await conn.close()
 

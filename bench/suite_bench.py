@@ -335,7 +335,14 @@ def main() -> None:
                 rows = ["a. floor", "b. pgmig test", "f. pgmig test, embedded server"]
                 extra.append(("long history: M=350, T=100", "history", 350, 100, rows, True))
             for title, name, files, tables, rows, history in extra:
-                other = run_set(name, files, tables, contenders=args.only or rows, history=history)
+                other = run_set(
+                    name,
+                    files,
+                    tables,
+                    contenders=args.only or rows,
+                    history=history,
+                    baseline=args.baseline,
+                )
                 print(table(f"\n{title}", other, args.tests))
                 for label in rows[1:]:
                     if label in other and label in res and "a. floor" in res:

@@ -217,3 +217,76 @@ async def test_bom_and_crlf_files_apply(db: AsyncDatabaseManager, tmp_path: Path
     assert result["status"] == "error" and result["failed_migration"] == "002_crlf.sql"
     assert result["line"] == 3
     assert await tables(db) == ["bom"]
+
+
+# -- batched files (the plugin's throwaway schemas: ApplyOptions(batch=True)) ---------------
+
+BATCHED = {
+    "001_a.sql": "CREATE TABLE a (id int PRIMARY KEY);",
+    # pg_dump's habit: a session-wide search_path change must not carry into the next file
+    "002_b.sql": "SELECT pg_catalog.set_config('search_path', '', false);\n"
+    "CREATE TABLE {{tables.b}} (id int REFERENCES {{tables.a}});",
+    "003_c.sql": "CREATE TABLE c (n int);",
+    "004_idx.sql": "CREATE INDEX CONCURRENTLY c_n ON c (n);",
+    "005_d.sql": "CREATE TABLE d (n int);\nINSERT INTO c VALUES (1);",
+    "006_e.sql": "ALTER TABLE d ADD COLUMN m int;",
+}
+
+
+async def batched(admin_dsn: str, schema: str, folder: Path) -> list[tuple[str, float]]:
+    import asyncpg
+
+    from pytest_pgmig.engine.apply import ApplyOptions
+    from pytest_pgmig.engine.runner import Runner
+
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        runner = Runner(schema, folder, "app", options=ApplyOptions(batch=True))
+        await runner.upgrade(conn)
+    finally:
+        rows = await conn.fetch(
+            f'SELECT filename, execution_time_ms FROM "{schema}".schema_migrations ORDER BY 1'
+        )
+        await conn.close()
+    return [(row[0], row[1]) for row in rows]
+
+
+async def test_batched_files_apply_in_order_each_tracked_and_timed(
+    admin_dsn: str, schema: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_pgmig.engine.apply import Applier
+
+    runs: list[list[str]] = []
+    apply_many = Applier.apply_many
+
+    async def spy(self: Applier, conn: object, files: list) -> float:  # type: ignore[type-arg]
+        runs.append([f.filename for f in files])
+        return await apply_many(self, conn, files)
+
+    monkeypatch.setattr(Applier, "apply_many", spy)
+    rows = await batched(admin_dsn, schema, write(tmp_path / "m", BATCHED))
+    assert [name for name, _ in rows] == sorted(BATCHED)
+    assert all(ms is not None and ms >= 0 for _, ms in rows)
+    # two runs of transactional files, either side of the one that cannot be in a transaction
+    assert runs == [["001_a.sql", "002_b.sql", "003_c.sql"], ["005_d.sql", "006_e.sql"]]
+
+
+async def test_a_failing_file_in_a_batch_is_named_with_its_line(
+    admin_dsn: str, schema: str, tmp_path: Path
+) -> None:
+    broken = {
+        **BATCHED,
+        "006_e.sql": "ALTER TABLE d ADD COLUMN m int;\nALTER TABLE nope ADD x int;",
+    }
+    with pytest.raises(MigrationError) as raised:
+        await batched(admin_dsn, schema, write(tmp_path / "m", broken))
+    assert raised.value.migration_file == "006_e.sql" and raised.value.line == 2
+    # the batch before the failing one was rolled back and applied again file by file
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        tracked = await conn.fetch(f'SELECT filename FROM "{schema}".schema_migrations ORDER BY 1')
+    finally:
+        await conn.close()
+    assert [r[0] for r in tracked] == sorted(BATCHED)[:5]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -12,7 +12,7 @@ from typing import Protocol
 import asyncpg  # type: ignore[import-untyped]
 
 from pytest_pgmig.engine.database import Connection
-from pytest_pgmig.engine.files import parse_version
+from pytest_pgmig.engine.files import MigrationFile, parse_version
 from pytest_pgmig.engine.sqltext import ScriptPlan, Statement, blank, excerpt, line_of
 from pytest_pgmig.engine.templates import (
     TemplateError,
@@ -28,6 +28,12 @@ logger = logging.getLogger("pytest_pgmig.engine.migrations")
 
 # deadlock, serialization failure, lock timeout: another session's timing, not the SQL
 _TRANSIENT = {"40P01", "40001", "55P03"}
+# a batched file's start and duration (see `Applier.apply_many`)
+_FILE_STARTED = "pgmig.file_started"
+_FILE_MS = (
+    f"(extract(epoch FROM clock_timestamp() - current_setting('{_FILE_STARTED}')::timestamptz)"
+    " * 1000)::float8"
+)
 # internal errors of a catalog row whose object another session dropped meanwhile
 _DROPPED_MEANWHILE = ("could not open relation with OID", "cache lookup failed for")
 
@@ -86,11 +92,15 @@ class ApplyOptions:
     ``search_path``: the schemas after the manager's own while a file runs.
     ``skip``: statements left out, by their first words (the plugin installs extensions
     itself: ``(("CREATE", "EXTENSION"),)``). ``check``: run in each file's transaction.
+    ``batch``: consecutive transactional files run in one transaction and one round trip
+    (a throwaway schema's migration: a failure anywhere runs them again one by one, so the
+    error and the check name the file).
     """
 
     search_path: tuple[str, ...] = ("public",)
     skip: tuple[tuple[str, ...], ...] = ()
     check: FileCheck | None = None
+    batch: bool = False
 
     def skips(self, statement: Statement) -> bool:
         return any(statement.head[: len(head)] == head for head in self.skip)
@@ -114,6 +124,34 @@ class Applier:
         return await self.run(
             conn, filename, plan, lambda ms: self.tracking.record_sql(filename, checksum, ms)
         )
+
+    async def apply_many(self, conn: Connection, files: Sequence[MigrationFile]) -> float:
+        """Apply transactional files in one transaction, each followed by its tracking row
+        (timed by the server from the file's start); their time in milliseconds. Raises
+        `asyncpg.PostgresError` or `MigrationError`, the transaction rolled back: the caller
+        applies the files one by one to say which failed."""
+        check = self.options.check
+        parts = ["BEGIN;", check.before_sql() if check is not None else ""]
+        for file in files:
+            template = blank(
+                file.plan.script, [s for s in file.plan.statements if self.options.skips(s)]
+            )
+            parts += [
+                f"SELECT set_config('{_FILE_STARTED}', clock_timestamp()::text, true);",
+                self._set_path("SET LOCAL"),
+                self._render(file.filename, template),
+                "\n;",
+                self.tracking.record_sql(file.filename, file.checksum, elapsed_sql=_FILE_MS),
+                ";",
+            ]
+        parts += [check.after_sql() if check is not None else "", "COMMIT;"]
+        started = time.perf_counter()
+        try:
+            await conn.execute("".join(parts))
+        except asyncpg.PostgresError:
+            await rollback(conn)
+            raise
+        return (time.perf_counter() - started) * 1000
 
     async def revert(self, conn: Connection, filename: str, plan: ScriptPlan, *, up: str) -> float:
         """Run down file `filename` and delete the row of `up`, the file it reverts."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
 
 from pytest_pgmig.engine.apply import Applier, ApplyOptions
 from pytest_pgmig.engine.database import Connection
@@ -90,7 +93,16 @@ class Runner:
             if not todo:
                 return Outcome("up_to_date", list(applied))
             outcome = Outcome("success", list(applied), todo)
-            for file in todo:
+            batch = self.applier.options.batch
+            index = 0
+            while index < len(todo):
+                if batch:
+                    done, batch = await self._apply_batch(conn, todo[index:], outcome)
+                    index += done
+                    if done:
+                        continue
+                file = todo[index]
+                index += 1
                 try:
                     ms = await self.applier.apply(conn, file.filename, file.checksum, file.plan)
                 except MigrationError as exc:
@@ -108,6 +120,22 @@ class Runner:
             return outcome
         finally:
             await self.tracking.unlock(conn)
+
+    async def _apply_batch(
+        self, conn: Connection, todo: list[MigrationFile], outcome: Outcome
+    ) -> tuple[int, bool]:
+        """Apply the leading run of transactional files of `todo` in one transaction
+        (`ApplyOptions.batch`): how many were applied, and whether to batch again. A failed
+        run is left to be applied one file at a time, which names the failing file."""
+        run = list(itertools.takewhile(lambda f: f.plan.transactional, todo))
+        if len(run) < 2:
+            return 0, True
+        try:
+            ms = await self.applier.apply_many(conn, run)
+        except (asyncpg.PostgresError, MigrationError):
+            return 0, False
+        outcome.done += [Applied(file.filename, ms / len(run)) for file in run]
+        return len(run), True
 
 
 def _checksums(applied: dict[str, AppliedRow] | None) -> dict[str, str]:

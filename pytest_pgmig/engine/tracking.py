@@ -111,10 +111,13 @@ class Tracking:
         except NO_TABLE:
             return []
 
-    def record_sql(self, filename: str, checksum: str, ms: float | None = None) -> str:
-        """The INSERT of a file's row; timed by the server (``ms=None``) when sent with the
-        file itself, else with the time measured by the caller."""
-        elapsed = _ELAPSED_MS if ms is None else f"{float(ms)!r}::float8"
+    def record_sql(
+        self, filename: str, checksum: str, ms: float | None = None, *, elapsed_sql: str = ""
+    ) -> str:
+        """The INSERT of a file's row; timed by the server (``ms=None``: the message's time,
+        or the expression `elapsed_sql`) when sent with the file itself, else with the time
+        measured by the caller."""
+        elapsed = elapsed_sql or (_ELAPSED_MS if ms is None else f"{float(ms)!r}::float8")
         return (
             f"INSERT INTO {self.table} (filename, checksum, module_name, execution_time_ms) "
             f"VALUES ({sql_literal(filename)}, {sql_literal(checksum)}, "

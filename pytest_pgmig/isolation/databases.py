@@ -25,7 +25,7 @@ PUBLIC = "public"
 
 # files run as written (no search_path of ours after public, CREATE EXTENSION kept), but
 # none may change the roles, databases or settings the whole server shares
-_AS_WRITTEN = ApplyOptions(search_path=(), check=ClusterCheck())
+_AS_WRITTEN = ApplyOptions(search_path=(), check=ClusterCheck(), batch=True)
 
 
 class DatabaseIsolation(ControlSession):

@@ -56,6 +56,7 @@ class SetMigrator:
                     search_path=set_path,
                     skip=_SKIP,
                     check=None if mset in self.verified else Guard(name),
+                    batch=True,
                 )
                 runner = Runner(name, mset.path, module_name, table=TRACKING_TABLE, options=options)
                 applied += len((await runner.upgrade(conn)).done)
