@@ -77,6 +77,10 @@ async def snapshot(conn: asyncpg.Connection, schema: str) -> dict[str, object]:
         schema,
     )
     for row in seqs:
+        if row["relname"] == "schema_migrations_id_seq":
+            # the ids of tracking rows: a batch of files rolled back (and applied again one by
+            # one) used some, as a failed file does in production; no test reads them
+            continue
         state[f"seq {row['relname']}"] = tuple(
             await conn.fetchrow(f'SELECT last_value, is_called FROM "{schema}"."{row["relname"]}"')
         )

@@ -302,6 +302,7 @@ GRANT = {"001_grant.sql": "GRANT SELECT ON public.existing_users TO PUBLIC;"}
 FUNCTION = {
     "001_function.sql": "CREATE FUNCTION public.answer() RETURNS int LANGUAGE sql AS 'SELECT 42';"
 }
+NEXTVAL = {"001_nextval.sql": "SELECT nextval('public.existing_users_id_seq');"}
 
 OUTSIDE_CASES = {
     "pg_dump": (PG_DUMP, "001_baseline.sql", "table public.actor (created or altered)"),
@@ -323,6 +324,7 @@ OUTSIDE_CASES = {
     ),
     "grant": (GRANT, "001_grant.sql", "table public.existing_users"),
     "function": (FUNCTION, "001_function.sql", "function public.answer() (created or altered)"),
+    "nextval": (NEXTVAL, "001_nextval.sql", "sequence existing_users_id_seq (advanced)"),
 }
 
 
@@ -352,6 +354,45 @@ def test_writes_outside_the_schema_fail_cleanly_and_leave_nothing(
     assert "Traceback" not in text
     assert pg_dump(fresh_database) == before
     assert sql(fresh_database, "SELECT rolname FROM pg_roles ORDER BY 1") == roles
+
+
+def test_a_sequence_another_session_advances_meanwhile_is_left_alone(
+    pytester: pytest.Pytester, fresh_database: str
+) -> None:
+    """On a server others use, the outside-write check must not take their nextval() for
+    the migration's, nor set their sequence back."""
+    import threading
+    import time
+
+    sql(fresh_database, "CREATE SEQUENCE public.busy_seq")
+    files = {
+        "001_a.sql": "CREATE TABLE a (n int);",
+        "002_slow.sql": "SELECT pg_sleep(0.6);",
+        "003_b.sql": "CREATE TABLE b (n int);",
+    }
+    make_project(pytester, "def test_a(pgmig_schema): pass\n", files=files)
+    stop = threading.Event()
+    calls = []
+
+    def advance() -> None:
+        while not stop.is_set():
+            calls.append(sql(fresh_database, "SELECT nextval('public.busy_seq')")[0][0])
+            time.sleep(0.05)
+
+    other = threading.Thread(target=advance)
+    other.start()
+    try:
+        result = pytester.runpytest_subprocess(
+            "--pgmig-isolation=schema",
+            "--pgmig-migrations=migrations",
+            f"--pgmig-dsn={fresh_database}",
+        )
+    finally:
+        stop.set()
+        other.join()
+    result.assert_outcomes(passed=1)
+    # the other session's values kept climbing, one by one: nothing set them back
+    assert len(calls) > 5 and calls == list(range(1, len(calls) + 1))
 
 
 def test_writes_outside_fail_under_xdist_and_worker_scope(

@@ -12,7 +12,7 @@ from pytest_pgmig.engine.templates import sql_literal
 from pytest_pgmig.errors import MigrationError, OutsideSchemaError
 from pytest_pgmig.isolation.registry import REGISTRY, ROLE_PATTERN
 
-# the SQLSTATE outside_v1 raises: a write outside the migrated schema
+# the SQLSTATE outside_v2 raises: a write outside the migrated schema
 OUTSIDE = "PGM01"
 _CENSUS_SETTING = "pgmig.census"
 
@@ -84,10 +84,23 @@ EXCEPTION WHEN OTHERS THEN
 END
 $mine$;
 
-CREATE OR REPLACE FUNCTION {REGISTRY}.restore_sequences_v1(p_census text) RETURNS void
+CREATE OR REPLACE FUNCTION {REGISTRY}.advanced_here_v1(p_seq oid) RETURNS boolean
+LANGUAGE plpgsql AS $here$
+-- Whether this session has called nextval() on a sequence (currval() is defined only
+-- then): a sequence another session advanced meanwhile is that session's, not a write of
+-- the migration, and must not be set back.
+BEGIN
+    PERFORM currval(p_seq::regclass);
+    RETURN true;
+EXCEPTION WHEN object_not_in_prerequisite_state OR undefined_table THEN
+    RETURN false;
+END
+$here$;
+
+CREATE OR REPLACE FUNCTION {REGISTRY}.restore_sequences_v2(p_census text) RETURNS void
 LANGUAGE plpgsql AS $restore$
--- Set the sequences outside the schema back to their census values (setval does not roll
--- back with the failing file, which is what makes this work).
+-- Set the sequences outside the schema that this session advanced back to their census
+-- values (setval does not roll back with the failing file, which is what makes this work).
 DECLARE
     item record;
 BEGIN
@@ -96,7 +109,8 @@ BEGIN
                split_part(b, '=', 2)::bigint AS value
         FROM unnest(string_to_array(p_census, ',')) AS b WHERE b LIKE 'seq:%'
     LOOP
-        IF to_regclass(item.seq::regclass::text) IS NULL THEN
+        IF to_regclass(item.seq::regclass::text) IS NULL
+           OR NOT {REGISTRY}.advanced_here_v1(item.seq) THEN
             CONTINUE;
         ELSIF item.value = -1 AND pg_sequence_last_value(item.seq) IS NOT NULL THEN
             PERFORM setval(item.seq, s.seqstart, false) FROM pg_sequence s
@@ -109,7 +123,7 @@ BEGIN
 END
 $restore$;
 
-CREATE OR REPLACE FUNCTION {REGISTRY}.outside_v1(p_schema text, p_census text) RETURNS void
+CREATE OR REPLACE FUNCTION {REGISTRY}.outside_v2(p_schema text, p_census text) RETURNS void
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $outside$
 -- Raise {OUTSIDE} naming the first object this transaction created, altered, dropped or wrote
 -- rows to outside p_schema. A catalog row written by this transaction has its xid as xmin,
@@ -174,7 +188,7 @@ BEGIN
           AND c.relkind <> 'S'  -- the census reads sequences so (their values show changes)
         ORDER BY l.mode = 'RowExclusiveLock'
     LOOP
-        PERFORM {REGISTRY}.restore_sequences_v1(p_census);
+        PERFORM {REGISTRY}.restore_sequences_v2(p_census);
         RAISE EXCEPTION USING ERRCODE = '{OUTSIDE}',
             DETAIL = CASE WHEN hit.mode = 'RowExclusiveLock' THEN 'rows written'
                           ELSE 'altered' END,
@@ -190,8 +204,9 @@ BEGIN
             SELECT split_part(a, '=', 2)::bigint INTO num
             FROM unnest(string_to_array(now_, ',')) AS a WHERE split_part(a, '=', 1) = hit.k;
             IF hit.k LIKE 'seq:%' THEN
-                IF num IS DISTINCT FROM hit.n THEN
-                    PERFORM {REGISTRY}.restore_sequences_v1(p_census);
+                IF num IS DISTINCT FROM hit.n
+                   AND {REGISTRY}.advanced_here_v1(split_part(hit.k, ':', 2)::oid) THEN
+                    PERFORM {REGISTRY}.restore_sequences_v2(p_census);
                     RAISE EXCEPTION USING ERRCODE = '{OUTSIDE}', DETAIL = 'advanced',
                         MESSAGE = 'sequence ' || split_part(hit.k, ':', 2)::oid::regclass::text;
                 END IF;
@@ -222,8 +237,9 @@ SIGNATURES = (
     "foreign_cast_v1(oid,oid,oid[])",
     "census_v2(text)",
     "is_mine_v1(xid,bigint)",
-    "restore_sequences_v1(text)",
-    "outside_v1(text,text)",
+    "advanced_here_v1(oid)",
+    "restore_sequences_v2(text)",
+    "outside_v2(text,text)",
 )
 
 
@@ -255,7 +271,7 @@ class Guard(RaisingCheck):
     def after_sql(self) -> str:
         """What it runs after the file, before its tracking row: raise if it wrote outside."""
         return (
-            f"SELECT {REGISTRY}.outside_v1({sql_literal(self.schema)}, "
+            f"SELECT {REGISTRY}.outside_v2({sql_literal(self.schema)}, "
             f"split_part(current_setting('{_CENSUS_SETTING}'), '|', 2));"
         )
 
