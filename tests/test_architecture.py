@@ -79,8 +79,8 @@ def test_reset_builder_replica_deletes_and_reseeds_through_text() -> None:
     assert "TRUNCATE" not in sql
     assert (
         'INSERT INTO "s_1"."orders" (id, total) OVERRIDING SYSTEM VALUE '
-        'SELECT (r).id, (r).total FROM (SELECT t::text::"s_1"."orders" AS r '
-        'FROM "tpl_1"."orders" AS t) AS seed;'
+        'SELECT (r).id, (r).total FROM (SELECT s.r::"s_1"."orders" AS r '
+        'FROM "tpl_1"."orders" AS s) AS seed;'
     ) in sql
     assert "IS DISTINCT FROM E'abc123'" in sql
     # the state reads the schema's catalog rows by oid

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import asyncpg  # type: ignore[import-untyped]
@@ -101,14 +100,8 @@ async def prepare(conn: asyncpg.Connection, *, replica: bool, log: bool) -> str:
         seed = f"{SEED_PREFIX}{i}"
         tables = await reset.tables(conn, schema)
         captured = await reset.capture(conn, schema, tables)
-        await conn.execute(
-            f"CREATE SCHEMA {q(seed)};\n"
-            + "".join(
-                f"CREATE TABLE {q(seed)}.{q(table)} AS SELECT * FROM {q(schema)}.{q(table)};\n"
-                for table in captured.seeded
-            )
-        )
-        template = dataclasses.replace(captured, name=seed)
+        await conn.execute(f"CREATE SCHEMA {q(seed)}")
+        template = await reset.keep_seeds(conn, captured, seed)
         seen = await reset.known(conn, schema)
         known.append((schema, seen))
         await conn.execute(

@@ -114,10 +114,11 @@ class SequenceState:
 
 @dataclass(frozen=True)
 class Template:
-    """A pristine migrated schema of one migration set: the source a reset restores from.
+    """What a reset restores a schema of one migration set to: its seed rows and sequences.
 
     ``seeded`` maps each table that holds rows after migrating to the hash of those rows
-    (``pgmig_registry.rows_v1``).
+    (``pgmig_registry.rows_v1``); ``name`` is the schema whose same-named tables keep those
+    rows as text, one row a value in column ``r`` (see `keep_seeds`).
     """
 
     name: str
@@ -152,6 +153,21 @@ async def capture(
         )
         sequences.append(SequenceState(row["relname"], int(state[0]), bool(state[1])))
     return Template(schema, seeded, tuple(sequences))
+
+
+async def keep_seeds(conn: asyncpg.Connection, captured: Template, store: str) -> Template:
+    """Copy the seed rows `captured` found into schema `store` (which exists), each row as
+    its text: the copy depends on no type of the schema it came from, and a reset casts it
+    back to the row type of the schema it restores. The template, now read from `store`."""
+    await conn.execute(
+        "".join(
+            f"CREATE TABLE {q(store)}.{q(table)} AS "
+            f"SELECT t::text AS r FROM {q(captured.name)}.{q(table)} AS t;\n"
+            for table in captured.seeded
+        )
+        or "SELECT 1"
+    )
+    return Template(store, captured.seeded, captured.sequences)
 
 
 def reset_function_sql(
@@ -221,12 +237,12 @@ def _table_sql(
         f"{REGISTRY}.rows_v1({lit(schema)}, {lit(table.name)}) "
         f"IS DISTINCT FROM {lit(template.seeded[table.name])}"
     )
-    # Through each row's text: the template's enums, domains and composite types are
-    # its own, so its values must be read back as this schema's types.
+    # The seed rows are kept as text (`keep_seeds`): read back as this schema's row type, so
+    # its enums, domains and composite types are its own.
     insert = (
         f"INSERT INTO {rel} ({table.cols}) OVERRIDING SYSTEM VALUE "
-        f"SELECT {table.fields} FROM (SELECT t::text::{rel} AS r "
-        f"FROM {q(template.name)}.{q(table.name)} AS t) AS seed;"
+        f"SELECT {table.fields} FROM (SELECT s.r::{rel} AS r "
+        f"FROM {q(template.name)}.{q(table.name)} AS s) AS seed;"
     )
     if replica:
         return f"IF {changed} THEN\n    DELETE FROM {rel};\n    {insert}\nEND IF;", []

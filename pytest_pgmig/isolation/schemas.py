@@ -30,7 +30,8 @@ _LOCKED = "locked"
 
 @dataclass
 class _SetPool(SetPool):
-    """One migration set's schemas, and its template schema (made at the first reset)."""
+    """One migration set's schemas, and the seed rows and sequences a reset restores (taken
+    from its first schema, before a test had it)."""
 
     template: reset.Template | None = None
 
@@ -107,11 +108,14 @@ class SchemaIsolation(ControlSession):
         if slot is None:
             async with self.op:
                 try:
-                    return await self._create(sets, kind="s", lane=lane)
+                    slot = await self._create(sets, kind="s", lane=lane)
                 except MigrationFailed as exc:
                     if not exc.transient:
                         pool.failure, pool.reported = exc, True
                     raise
+                if pool.template is None and sets:
+                    pool.template = await self._keep_seeds(slot.schema.name)
+                return slot
         # A second test of this set is here: from now on one schema is prepared while the
         # previous one is reset (a run of one test never pays for the spare).
         if spare and not pool.free and not pool.pending:
@@ -200,8 +204,7 @@ class SchemaIsolation(ControlSession):
         )
         lib = sets[0].module if sets else self.context.module_default
         search_path = tuple(dict.fromkeys((name, *migrated.path)))
-        # a template schema serves resets alone: no test connects to it
-        dsn = await self._dsn(name, search_path) if kind != "tpl" else ""
+        dsn = await self._dsn(name, search_path)
         schema = PgmigSchema(
             name=name,
             module_name=migrated.module_names.get(lib, f"{lib}_{name}"),
@@ -223,6 +226,17 @@ class SchemaIsolation(ControlSession):
             if note not in self.stats.notes:
                 self.stats.notes.append(note)
         return dsn
+
+    async def _keep_seeds(self, name: str) -> reset.Template:
+        """What freshly migrated schema `name` holds, its seed rows kept as text in a
+        schema of their own (the caller holds `op`)."""
+        store = self._next_name("tpl")
+        await registry.register(
+            self.conn, store, lease=self._lease, run=self.context.run, worker=self.context.worker
+        )
+        self._mine.append(store)
+        self.stats.created += 1
+        return await reset.keep_seeds(self.conn, await reset.capture(self.conn, name), store)
 
     async def _spare(self, sets: Sets, lane: str) -> Slot | None:
         async with self.op:
@@ -251,9 +265,6 @@ class SchemaIsolation(ControlSession):
             except asyncpg.PostgresError as exc:
                 self._reset_failed(slot, _describe_reset_error(exc))
                 state = None
-            except MigrationFailed as exc:  # the template could not be migrated
-                self._broken((slot.lane, slot.key), exc)
-                state = None
             if state is None:
                 await self._discard(slot.schema.name)
                 return None
@@ -264,11 +275,6 @@ class SchemaIsolation(ControlSession):
     async def _run_reset(self, slot: Slot) -> str | None:
         """The schema's new state; None when the test changed its DDL or locks held it up."""
         pool = self._pools[(slot.lane, slot.key)]
-        if pool.template is None and slot.key:
-            # made at the first reset, off the first test's path: the rows and sequence
-            # values a reset restores are read from it
-            made = await self._create(slot.key, kind="tpl", lane=slot.lane)
-            pool.template = await reset.capture(self.conn, made.schema.name)
         if slot.reset_fn is None:
             name = slot.schema.name
             tables = await reset.tables(self.conn, name)
