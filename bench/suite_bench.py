@@ -20,7 +20,10 @@ test bodies and driver are the same for every contender; only the `conn` fixture
 All on one embedded server started here; pytest-pgmig runs with --pgmig-dsn and
 PGMIG_DDL_LOG=1 (the event-trigger DDL log it installs on a server of its own; the row
 "test, no DDL log" shows the catalog-fingerprint path a shared server gets). Each figure is
-the median wall time of --repeat runs, measured side by side in one invocation.
+the median of --repeat runs, measured side by side in one invocation: wall time, and the CPU
+time each row uses per test beyond the floor's in the pytest process ("client cpu") and in
+the bench server ("server cpu": its backends, the resets' among them). On this 2-core VM the
+cores are busy during a run, so wall time follows the CPU time spent.
 
     python bench/suite_bench.py                 # default set, M=11 T=10, N=200
     python bench/suite_bench.py --large         # also M=51 T=50
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -145,21 +149,55 @@ def write_suite(folder: Path, kind: str, n: int) -> None:
     (folder / "conftest.py").write_text("import os\n" + FIRST_TEST_HOOK + CONFTESTS[kind])
 
 
-def run_once(folder: Path, args: list[str], env: dict[str, str]) -> tuple[float, float]:
+_TICK = os.sysconf("SC_CLK_TCK")
+POSTMASTER = [0]  # the bench server's postmaster, whose backends' CPU a run is charged
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def server_cpu() -> float:
+    """CPU seconds the bench server has used: its live processes' and its exited backends'
+    (which the postmaster reaped). 0 when unknown."""
+    if not POSTMASTER[0]:
+        return 0.0
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = _stat(int(entry))
+        except OSError:
+            continue
+        if int(entry) == POSTMASTER[0]:
+            total += sum(int(x) for x in fields[11:15]) / _TICK
+        elif int(fields[1]) == POSTMASTER[0]:
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
+def run_once(folder: Path, args: list[str], env: dict[str, str]) -> tuple[float, ...]:
+    """One run: wall seconds, seconds to the first test, client and server CPU seconds."""
     first = folder / "first.txt"
     first.unlink(missing_ok=True)
     env = {**env, "BENCH_FIRST": str(first)}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
+    client, server = resource.getrusage(resource.RUSAGE_CHILDREN), server_cpu()
     start = time.time()
     proc = subprocess.run(cmd + args, cwd=folder, env=env, capture_output=True, text=True)
     wall = time.time() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = after.ru_utime + after.ru_stime - client.ru_utime - client.ru_stime
+    server_used = server_cpu() - server
     if proc.returncode != 0:
         sys.exit(
             f"benchmark run failed in {folder} {args}:\n{proc.stdout[:3000]}\n...\n"
             f"{proc.stdout[-1500:]}{proc.stderr[-2000:]}"
         )
     firsts = [float(x) for x in first.read_text().split()] if first.exists() else [start]
-    return wall, min(firsts) - start
+    return wall, min(firsts) - start, client_cpu, server_used
 
 
 def bench_set(
@@ -256,29 +294,39 @@ def bench_set(
         folders[label] = base / label.split(".")[0] / kind
         if not folders[label].exists():
             write_suite(folders[label], kind, n)
-    results: dict[str, list[tuple[float, float]]] = {label: [] for label in plans}
+    results: dict[str, list[tuple[float, ...]]] = {label: [] for label in plans}
     for _ in range(repeat):  # interleaved, so load on the machine hits every contender alike
         for label, (_, args, extra) in plans.items():
-            results[label].append(run_once(folders[label], args, {**env, **extra}))
+            run = run_once(folders[label], args, {**env, **extra})
+            if extra.get("PGMIG_DSN") == "":  # a server of its own, not the bench's
+                run = (*run[:3], float("nan"))
+            results[label].append(run)
+    # each column's median on its own: wall, first test, client CPU, server CPU
     return {
-        label: (statistics.median(w for w, _ in runs), statistics.median(f for _, f in runs))
+        label: tuple(statistics.median(column) for column in zip(*runs, strict=True))
         for label, runs in results.items()
     }
 
 
-def table(title: str, res: dict[str, tuple[float, float]], n: int) -> str:
-    floor = res.get("a. floor", (0.0, 0.0))[0]
-    ppg = res.get("d. pytest-postgresql", (0.0, 0.0))[0]
+def table(title: str, res: dict[str, tuple[float, ...]], n: int) -> str:
+    """The rows, with what each costs per test over the floor: wall time, and the CPU time of
+    the pytest process (client) and of the bench server (server: nothing for rows that start
+    a server of their own). On a machine whose cores are all busy, wall follows CPU."""
+    zero = (0.0, 0.0, 0.0, 0.0)
+    floor = res.get("a. floor", zero)
+    ppg = res.get("d. pytest-postgresql", zero)[0]
     lines = [
         title,
         f"{'contender':40} {'wall s':>8} {'per-test ms':>12} {'x floor':>8} "
-        f"{'x pytest-pg':>11} {'1st test s':>10}",
+        f"{'x pytest-pg':>11} {'1st test s':>10} {'client cpu':>10} {'server cpu':>10}",
     ]
-    for label, (wall, first) in res.items():
-        over = (wall - floor) / n * 1000 if floor else float("nan")
+    for label, (wall, first, client, server) in res.items():
+        over = (wall - floor[0]) / n * 1000 if floor[0] else float("nan")
         lines.append(
-            f"{label:40} {wall:8.2f} {over:12.2f} {wall / floor if floor else 0:8.2f} "
-            f"{wall / ppg if ppg else 0:11.2f} {first:10.2f}"
+            f"{label:40} {wall:8.2f} {over:12.2f} {wall / floor[0] if floor[0] else 0:8.2f} "
+            f"{wall / ppg if ppg else 0:11.2f} {first:10.2f} "
+            f"{(client - floor[2]) / n * 1000:+10.2f} "
+            + ("n/a".rjust(10) if server != server else f"{(server - floor[3]) / n * 1000:+10.2f}")
         )
     return "\n".join(lines)
 
@@ -305,6 +353,9 @@ def main() -> None:
     handle = start_local(max_connections=300)
     try:
         info = handle.info
+        with psycopg.connect(info.dsn) as conn:
+            backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        POSTMASTER[0] = int(_stat(backend)[1])
         print(
             f"cores: {os.cpu_count()}; server: PostgreSQL "
             f"{'.'.join(map(str, info.version))}, embedded; "

@@ -229,8 +229,16 @@ def test_idempotent_check_is_opt_in_and_passes_an_idempotent_set(
                 "the first run it was '1 row, md5 *', now '2 rows, md5 *'",
             ],
         ),
+        (
+            "CREATE INDEX ON users (email);\n",
+            [
+                "002_seed.sql changes what is there when run a second time:",
+                '  index "users_email_idx1" on users is new after running 002_seed.sql a second '
+                "time",
+            ],
+        ),
     ],
-    ids=["error", "rows"],
+    ids=["error", "rows", "unnamed-index"],
 )
 def test_a_file_that_cannot_run_twice_fails_the_idempotent_item(
     pytester: pytest.Pytester, server_dsn: str, seed: str, found: list[str]

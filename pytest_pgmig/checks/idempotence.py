@@ -40,7 +40,7 @@ async def check_idempotent(ws: Workspace, sets: Sets) -> str:
             when = f"after running {file.filename} a second time"
             raise CheckFailed(
                 f"{file.filename} changes what is there when run a second time:\n"
-                + explain(found, when, "after the first run")
+                + explain(found, when, "after the first run", extra="is new")
                 + f"\nMake {file.path} idempotent (guard each change by what is already "
                 "there), or turn this check off (pgmig_check_idempotent = off)."
             )

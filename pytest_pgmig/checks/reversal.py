@@ -113,6 +113,8 @@ async def _round_trip(
     if found:
         raise CheckFailed(
             f"{up} applied again after {down} gives another schema than the first time:\n"
-            + explain(found, f"after {down} and {up} again", f"after {up} the first time")
+            + explain(
+                found, f"after {down} and {up} again", f"after {up} the first time", extra="is new"
+            )
         )
     return again

@@ -195,14 +195,14 @@ class Difference:
     before: str | None
     after: str | None
 
-    def describe(self, when: str, was: str) -> str:
+    def describe(self, when: str, was: str, *, extra: str = "is still there") -> str:
         """In words, e.g. ``index "x" on t is still there after 002_x.down.sql``.
 
         `when` says when it was seen (``after 002_x.down.sql``), `was` when it was as before
-        (``before 002_x.up.sql``).
+        (``before 002_x.up.sql``), `extra` what an object that was not there then is.
         """
         if self.before is None:
-            return f"{self.key} is still there {when}"
+            return f"{self.key} {extra} {when}"
         if self.after is None:
             return f"{self.key} is missing {when} (it was there {was})"
         old, new = _first_difference(self.before, self.after)
@@ -223,9 +223,16 @@ def differences(before: Snapshot, after: Snapshot) -> list[Difference]:
     ]
 
 
-def explain(found: list[Difference], when: str, was: str, *, limit: int = 10) -> str:
-    """The differences as lines, the first `limit` of them."""
-    lines = [f"  {d.describe(when, was)}" for d in found[:limit]]
+def explain(
+    found: list[Difference],
+    when: str,
+    was: str,
+    *,
+    extra: str = "is still there",
+    limit: int = 10,
+) -> str:
+    """The differences as lines (see `Difference.describe`), the first `limit` of them."""
+    lines = [f"  {d.describe(when, was, extra=extra)}" for d in found[:limit]]
     if len(found) > limit:
         lines.append(f"  ... and {len(found) - limit} more")
     return "\n".join(lines)
