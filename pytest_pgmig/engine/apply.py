@@ -133,13 +133,10 @@ class Applier:
         check = self.options.check
         parts = ["BEGIN;", check.before_sql() if check is not None else ""]
         for file in files:
-            template = blank(
-                file.plan.script, [s for s in file.plan.statements if self.options.skips(s)]
-            )
             parts += [
                 f"SELECT set_config('{_FILE_STARTED}', clock_timestamp()::text, true);",
                 self._set_path("SET LOCAL"),
-                self._render(file.filename, template),
+                self._render(file.filename, self._template(file.plan)),
                 "\n;",
                 self.tracking.record_sql(file.filename, file.checksum, elapsed_sql=_FILE_MS),
                 ";",
@@ -176,7 +173,7 @@ class Applier:
         prefix = "BEGIN;" + self._set_path("SET LOCAL")
         if check is not None:
             prefix += check.before_sql()
-        template = blank(plan.script, [s for s in plan.statements if self.options.skips(s)])
+        template = self._template(plan)
         script = self._render(filename, template)
         after = check.after_sql() if check is not None else ""
         started = time.perf_counter()
@@ -185,10 +182,24 @@ class Applier:
         except asyncpg.PostgresError as exc:
             await rollback(conn)
             located = None
-            if not getattr(exc, "position", None) and not is_transient(exc):
+            if self._unplaced(filename, plan, exc):
                 located = await self._locate(conn, filename, plan)
             raise self._sql_error(filename, plan, template, exc, len(prefix), located) from exc
         return (time.perf_counter() - started) * 1000
+
+    def _template(self, plan: ScriptPlan) -> str:
+        """The file's script to render, the statements the options skip blanked out."""
+        return blank(plan.script, [s for s in plan.statements if self.options.skips(s)])
+
+    def _unplaced(self, filename: str, plan: ScriptPlan, exc: asyncpg.PostgresError) -> bool:
+        """Whether a failed file is worth running again to find its failing statement: the
+        server gave no position, and the error is the SQL's own, not another session's timing
+        nor the check's (whose file wrote outside its schema: run again, a nextval() there
+        would not roll back)."""
+        if getattr(exc, "position", None) or is_transient(exc):
+            return False
+        check = self.options.check
+        return check is None or check.explain(filename, exc, committed=False) is None
 
     async def _locate(self, conn: Connection, filename: str, plan: ScriptPlan) -> int | None:
         """Where a file failed when the server did not say (``function g() does not exist``):
