@@ -34,6 +34,9 @@ _FILE_MS = (
     f"(extract(epoch FROM clock_timestamp() - current_setting('{_FILE_STARTED}')::timestamptz)"
     " * 1000)::float8"
 )
+# SQLSTATE classes of what went wrong around the SQL, not in it: connection, resources,
+# operator intervention (a cancel, a shutdown), system and internal errors
+_NOT_THE_SQL = ("08", "53", "57", "58", "XX")
 # internal errors of a catalog row whose object another session dropped meanwhile
 _DROPPED_MEANWHILE = ("could not open relation with OID", "cache lookup failed for")
 
@@ -196,7 +199,7 @@ class Applier:
         server gave no position, and the error is the SQL's own, not another session's timing
         nor the check's (whose file wrote outside its schema: run again, a nextval() there
         would not roll back)."""
-        if getattr(exc, "position", None) or is_transient(exc):
+        if getattr(exc, "position", None) or is_transient(exc) or not is_the_sql(exc):
             return False
         check = self.options.check
         return check is None or check.explain(filename, exc, committed=False) is None
@@ -353,6 +356,14 @@ def is_transient(exc: asyncpg.PostgresError) -> bool:
         or (state == "23505" and constraint.startswith("pg_"))
         or (state == "XX000" and message.startswith(_DROPPED_MEANWHILE))
     )
+
+
+def is_the_sql(exc: asyncpg.PostgresError) -> bool:
+    """Whether the error comes from the SQL that ran, so that running it again (to find the
+    failing statement, or one file at a time) is worth it: not a cancel, a shutdown, a lost
+    connection, exhausted resources or an internal error."""
+    state = getattr(exc, "sqlstate", None) or ""
+    return state[:2] not in _NOT_THE_SQL
 
 
 async def rollback(conn: Connection) -> None:

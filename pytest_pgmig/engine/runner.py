@@ -9,7 +9,7 @@ from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 
-from pytest_pgmig.engine.apply import Applier, ApplyOptions
+from pytest_pgmig.engine.apply import Applier, ApplyOptions, is_the_sql, is_transient
 from pytest_pgmig.engine.database import Connection
 from pytest_pgmig.engine.files import MigrationFile, load_migrations
 from pytest_pgmig.engine.plan import pending
@@ -132,7 +132,17 @@ class Runner:
             return 0, True
         try:
             ms = await self.applier.apply_many(conn, run)
-        except (asyncpg.PostgresError, MigrationError):
+        except asyncpg.PostgresError as exc:
+            # a statement that ran past statement_timeout is the SQL's: one file at a time
+            # names it; a cancel from elsewhere, a shutdown or a lost connection is not
+            timed_out = isinstance(exc, asyncpg.QueryCanceledError) and "timeout" in str(exc)
+            if not (is_the_sql(exc) or is_transient(exc) or timed_out):
+                raise MigrationError(
+                    f"Migrating {self.folder} failed: {type(exc).__name__}: {exc}",
+                    hint="Nothing of these files was applied (they ran in one transaction).",
+                ) from exc
+            return 0, False
+        except MigrationError:
             return 0, False
         outcome.done += [Applied(file.filename, ms / len(run)) for file in run]
         return len(run), True
