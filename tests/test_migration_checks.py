@@ -317,35 +317,22 @@ def test_a_set_that_writes_outside_its_schema_is_checked_in_a_database(
     assert not sql(server_dsn, "SELECT 1 FROM pg_database WHERE datname LIKE 'pgmig_%chk%'")
 
 
+@pytest.mark.parametrize(
+    ("app", "ext"),
+    [
+        ("CREATE TABLE base (id int PRIMARY KEY);", "CREATE TABLE ext (id int REFERENCES base);"),
+        # the first set writes outside its schema: auto isolation checks in a database
+        ("CREATE SCHEMA audit;\nCREATE TABLE audit.log (n int);", "CREATE TABLE ext (id int);"),
+    ],
+    ids=["on-top", "after-an-outside-writer"],
+)
 def test_a_later_set_is_checked_on_top_of_the_sets_before_it(
-    pytester: pytest.Pytester, server_dsn: str
+    pytester: pytest.Pytester, server_dsn: str, app: str, ext: str
 ) -> None:
-    make_project(pytester, USES, files={"001_base.sql": "CREATE TABLE base (id int PRIMARY KEY);"})
+    make_project(pytester, USES, files={"001_app.sql": app})
     plugin = pytester.path / "plugin_migrations"
     plugin.mkdir()
-    (plugin / "001_ext.up.sql").write_text("CREATE TABLE ext (id int REFERENCES base);\n")
-    (plugin / "001_ext.down.sql").write_text("DROP TABLE ext;\n")
-    result = pytester.runpytest(
-        f"--pgmig-dsn={server_dsn}",
-        "--pgmig-migrations=app=migrations",
-        "--pgmig-migrations=plugin=plugin_migrations",
-        "-rA",
-    )
-    result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["pgmig.down[[]plugin[]]: 1 down file(s) undo their up exactly*"])
-
-
-def test_a_set_after_one_that_writes_outside_is_checked_in_a_database(
-    pytester: pytest.Pytester, server_dsn: str
-) -> None:
-    make_project(
-        pytester,
-        USES,
-        files={"001_audit.sql": "CREATE SCHEMA audit;\nCREATE TABLE audit.log (n int);"},
-    )
-    plugin = pytester.path / "plugin_migrations"
-    plugin.mkdir()
-    (plugin / "001_ext.up.sql").write_text("CREATE TABLE ext (id int);\n")
+    (plugin / "001_ext.up.sql").write_text(ext)
     (plugin / "001_ext.down.sql").write_text("DROP TABLE ext;\n")
     result = pytester.runpytest(
         f"--pgmig-dsn={server_dsn}",
