@@ -373,6 +373,16 @@ def test_a_changed_function_shows_its_first_differing_line() -> None:
     )
 
 
+def test_a_bad_ddl_log_value_is_a_usage_error_naming_it(
+    pytester: pytest.Pytester, server_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PGMIG_DDL_LOG takes the same on/off values as the checks' switches
+    monkeypatch.setenv("PGMIG_DDL_LOG", "sometimes")
+    result = run(pytester, server_dsn, REVERSIBLE)
+    result.stderr.fnmatch_lines(["*invalid value 'sometimes': use on or off (from PGMIG_DDL_LOG)*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
 @pytest.mark.parametrize(
     ("raw", "value"), [("on", True), ("OFF", False), ("1", True), ("no", False)]
 )

@@ -254,11 +254,9 @@ def _checked_migrations(
 
 
 def _resolve_ddl_log(sources: _Sources) -> Setting[bool]:
-    raw = sources.env.get("PGMIG_DDL_LOG", "").strip().lower()
+    raw = sources.env.get("PGMIG_DDL_LOG", "").strip()
     if raw:
-        if raw not in ("1", "true", "yes", "0", "false", "no"):
-            raise pytest.UsageError(f"PGMIG_DDL_LOG={raw!r}: use 1 or 0")
-        return Setting(raw in ("1", "true", "yes"), "env PGMIG_DDL_LOG")
+        return Setting(_convert(switch_type, raw, "PGMIG_DDL_LOG"), "env PGMIG_DDL_LOG")
     if sources.config.getini("pgmig_ddl_log"):
         return Setting(True, sources.ini)
     return Setting(False, "default")
