@@ -257,7 +257,7 @@ async def test_every_kind_of_ddl_replaces_the_schema(
     folder = write_set(tmp_path / "migrations", 3, 3)
     sets = (MigrationSet("bench", folder),)
     first = await workspace.acquire(sets)
-    await workspace.release(first)  # the first reset makes the template and reset function
+    await workspace.release(first)  # the first reset makes the schema's reset function
     slot = await workspace.acquire(sets)
     conn = await asyncpg.connect(slot.schema.dsn)
     try:

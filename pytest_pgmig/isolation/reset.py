@@ -136,22 +136,26 @@ async def capture(
 ) -> Template:
     """What a freshly migrated `schema` holds: its seed rows' hashes and sequence states
     (`its_tables`: its `tables`, when the caller has them already)."""
+    # one round trip for the tables and one for the sequences: this runs on the first
+    # test's path, and a long history has a hundred of each
+    its_tables = its_tables if its_tables is not None else await tables(conn, schema)
     seeded: dict[str, str] = {}
-    for table in its_tables if its_tables is not None else await tables(conn, schema):
-        rows = await conn.fetchval(
-            f"SELECT CASE WHEN EXISTS (SELECT 1 FROM {q(schema)}.{q(table.name)}) "
-            f"THEN {REGISTRY}.rows_v1($1, $2) END",
-            schema,
-            table.name,
+    if its_tables:
+        rows = " UNION ALL ".join(
+            f"SELECT {lit(t.name)}, CASE WHEN EXISTS (SELECT 1 FROM {q(schema)}.{q(t.name)}) "
+            f"THEN {REGISTRY}.rows_v1({lit(schema)}, {lit(t.name)}) END"
+            for t in its_tables
         )
-        if rows is not None:
-            seeded[table.name] = rows
-    sequences = []
-    for row in await conn.fetch(_SEQUENCES, schema):
-        state = await conn.fetchrow(
-            f"SELECT last_value, is_called FROM {q(schema)}.{q(row['relname'])}"
+        seeded = {name: hashed for name, hashed in await conn.fetch(rows) if hashed is not None}
+    names = [row["relname"] for row in await conn.fetch(_SEQUENCES, schema)]
+    sequences: list[SequenceState] = []
+    if names:
+        values = " UNION ALL ".join(
+            f"SELECT {lit(name)}, last_value, is_called FROM {q(schema)}.{q(name)}"
+            for name in names
         )
-        sequences.append(SequenceState(row["relname"], int(state[0]), bool(state[1])))
+        found = {row[0]: row for row in await conn.fetch(values)}
+        sequences = [SequenceState(n, int(found[n][1]), bool(found[n][2])) for n in names]
     return Template(schema, seeded, tuple(sequences))
 
 
