@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_pgmig.engine.files import checksum, load_migrations, parse_version
+from pytest_pgmig.engine.files import checksum, parse_version
+from pytest_pgmig.engine.formats import load_migrations
 from pytest_pgmig.errors import MigrationError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pytest_pgmig.checks.snapshot import differences, explain
 from pytest_pgmig.checks.workspace import Workspace, file_failed
-from pytest_pgmig.engine.files import load_migrations
+from pytest_pgmig.engine.formats import load_migrations
 from pytest_pgmig.errors import CheckFailed, MigrationError
 from pytest_pgmig.isolation.base import Sets
 
@@ -20,9 +20,9 @@ async def check_idempotent(ws: Workspace, sets: Sets) -> str:
         print(await check_idempotent(workspace, (MigrationSet("app", Path("migrations")),)))
     """
     applier = await ws.prepare(sets)
-    files = load_migrations(sets[-1].path)
+    files = load_migrations(sets[-1].path, sets[-1].reading)
     for file in files:
-        await applier.apply(ws.conn, file.filename, file.checksum, file.plan)
+        await applier.apply_file(ws.conn, file)
     current = await ws.snapshot(rows=True)
     for file in files:
         try:

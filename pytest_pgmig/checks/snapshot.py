@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import asyncpg  # type: ignore[import-untyped]
 
+from pytest_pgmig.engine.formats import TOOL_TABLES
 from pytest_pgmig.engine.templates import quote_identifier, sql_literal
 
 # key -> definition, e.g. 'index "users_email" on users' -> 'CREATE UNIQUE INDEX ...'
@@ -14,8 +15,10 @@ Snapshot = dict[str, str]
 
 # The schemas a snapshot covers ($1; NULL: every schema of the database but the system's),
 # with names in schema $2 left unqualified; what extensions own is left out (the extension
-# itself is listed).
-_SCOPE = """
+# itself is listed), and so are the history tables a migration tool keeps beside its
+# migrations (diesel's), as the engine's own tracking table is.
+_SCOPE = (
+    """
 WITH ns AS (
   SELECT n.oid, n.nspname,
          CASE WHEN n.nspname = $2 THEN '' ELSE n.nspname || '.' END AS q
@@ -32,7 +35,11 @@ WITH ns AS (
   FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
   WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c')
     AND (c.oid, 'pg_class'::regclass) NOT IN (SELECT objid, classid FROM ext)
+    AND c.relname NOT IN ("""
+    + ", ".join(map(sql_literal, sorted(TOOL_TABLES)))
+    + """)
 )"""
+)
 
 _OBJECTS = (
     _SCOPE

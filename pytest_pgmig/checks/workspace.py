@@ -55,6 +55,7 @@ class Workspace:
                 self.module_name(mset),
                 table=TRACKING_TABLE,
                 options=self.options,
+                reading=mset.reading,
             )
             await runner.upgrade(self.conn)
         tracking = Tracking(self.schema, TRACKING_TABLE, self.module_name(last))

@@ -121,11 +121,32 @@ class Applier:
         self.options = options
 
     async def apply(
-        self, conn: Connection, filename: str, checksum: str, plan: ScriptPlan
+        self,
+        conn: Connection,
+        filename: str,
+        checksum: str,
+        plan: ScriptPlan,
+        *,
+        replace: bool = False,
+        also: str = "",
     ) -> float:
-        """Apply one file and record it; its time in milliseconds. Raises `MigrationError`."""
+        """Apply one file and record it (`replace`: replacing its row, for a repeatable
+        migration; `also`: the tool's own history SQL, `MigrationFile.record`); its time in
+        milliseconds. Raises `MigrationError`."""
         return await self.run(
-            conn, filename, plan, lambda ms: self.tracking.record_sql(filename, checksum, ms)
+            conn,
+            filename,
+            plan,
+            lambda ms: _joined(
+                also, self.tracking.record_sql(filename, checksum, ms, replace=replace)
+            ),
+        )
+
+    async def apply_file(self, conn: Connection, file: MigrationFile) -> float:
+        """`apply` for a migration as loaded: its row replaced if it is repeatable, its
+        tool's history written with it."""
+        return await self.apply(
+            conn, file.filename, file.checksum, file.plan, replace=file.repeatable, also=file.record
         )
 
     async def apply_many(self, conn: Connection, files: Sequence[MigrationFile]) -> float:
@@ -141,7 +162,12 @@ class Applier:
                 self._set_path("SET LOCAL"),
                 self._render(file.filename, self._template(file.plan)),
                 "\n;",
-                self.tracking.record_sql(file.filename, file.checksum, elapsed_sql=_FILE_MS),
+                _joined(
+                    file.record,
+                    self.tracking.record_sql(
+                        file.filename, file.checksum, elapsed_sql=_FILE_MS, replace=file.repeatable
+                    ),
+                ),
                 ";",
             ]
         parts += [check.after_sql() if check is not None else "", "COMMIT;"]
@@ -338,6 +364,10 @@ class Applier:
             hint=hint,
             transient=is_transient(exc),
         )
+
+
+def _joined(first: str, second: str) -> str:
+    return f"{first};{second}" if first else second
 
 
 def is_transient(exc: asyncpg.PostgresError) -> bool:

@@ -34,10 +34,26 @@ _RACY_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
-class MigrationFile:
-    """One migration file, read and analysed.
+class Script:
+    """A script that goes with a migration without being one: its down, or its verification.
 
-    ``content`` is the file's text (BOM dropped, line endings turned to LF), ``checksum``
+    ``name`` is what messages call it (``002_x.down.sql``, ``002_x.sql (Down section)``),
+    ``path`` the file it comes from, ``text`` the SQL (other parts of a shared file blanked,
+    so line numbers are the file's).
+    """
+
+    name: str
+    path: Path
+    text: str
+
+
+@dataclass(frozen=True)
+class MigrationFile:
+    """One migration, read and analysed.
+
+    ``filename`` is its name in the tracking table (a file name, or a tool's name for it:
+    a Prisma or diesel folder, a sqitch change), ``path`` the file its up comes from,
+    ``content`` the up's text (BOM dropped, line endings turned to LF), ``checksum``
     pgdbm's checksum of it and ``plan`` how to run it (see `pytest_pgmig.engine.sqltext.analyze`).
     """
 
@@ -47,8 +63,16 @@ class MigrationFile:
     content: str
     checksum: str
     plan: ScriptPlan = field(repr=False)
-    down: Path | None = None
-    """The ``NAME.down.sql`` beside a ``NAME.up.sql``: its reverse, never run as a migration."""
+    down: Script | None = None
+    """Its reverse (``NAME.down.sql`` beside ``NAME.up.sql``, or a tool's own), never run as a
+    migration; a down of comments only marks an irreversible migration."""
+    verify: Script | None = None
+    """A script that must run without error once the migration is applied (sqitch's verify)."""
+    repeatable: bool = False
+    """Applied again whenever its checksum changes, after the versioned ones (Flyway's ``R__``)."""
+    record: str = ""
+    """SQL its tool runs beside it, in its transaction: the tool's own history row, for
+    migrations that use that table (diesel's ``__diesel_schema_migrations``)."""
 
     @property
     def key(self) -> tuple[int, ...]:
@@ -127,7 +151,7 @@ def read_bytes(path: Path) -> bytes:
 
 
 def read_migration(path: Path) -> MigrationFile:
-    """Read and analyse one migration file (no caching; see `load_migrations`)."""
+    """Read and analyse one migration file (no caching; see `load_plain`)."""
     filename = path.name
     version = parse_version(filename)
     if version is None:
@@ -136,6 +160,11 @@ def read_migration(path: Path) -> MigrationFile:
     return MigrationFile(
         filename, path, version, content, checksum(content), plan_for(content, filename)
     )
+
+
+def read_script(path: Path, name: str | None = None) -> Script:
+    """A down or verify file, read and decoded (errors name it)."""
+    return Script(name or path.name, path, decode(read_bytes(path), path.name))
 
 
 def plan_for(content: str, filename: str | None = None) -> ScriptPlan:
@@ -158,8 +187,9 @@ _file_cache: dict[Path, tuple[tuple[int, int, int], MigrationFile]] = {}
 _folder_cache: dict[Path, tuple[_Signature, tuple[MigrationFile, ...]]] = {}
 
 
-def load_migrations(path: str | os.PathLike[str]) -> tuple[MigrationFile, ...]:
-    """All migrations of a folder, in order, read once and cached on names, sizes and mtimes.
+def load_plain(path: str | os.PathLike[str]) -> tuple[MigrationFile, ...]:
+    """All migrations of a plain folder, in order, read once and cached on names, sizes and
+    mtimes (`pytest_pgmig.engine.formats.load_migrations` reads every format).
 
     Only ``*.sql`` files count; dotfiles, other files and folders are ignored; a
     ``NAME.down.sql`` is attached to its ``NAME.up.sql`` (`MigrationFile.down`). Raises
@@ -169,7 +199,7 @@ def load_migrations(path: str | os.PathLike[str]) -> tuple[MigrationFile, ...]:
 
     Example::
 
-        for migration in load_migrations("migrations"):
+        for migration in load_plain("migrations"):
             print(migration.version, migration.filename, migration.checksum[:12])
     """
     folder = Path(path).resolve()
@@ -186,7 +216,7 @@ def load_migrations(path: str | os.PathLike[str]) -> tuple[MigrationFile, ...]:
         migration = _read_cached(folder / name, (mtime, size, inode), now)
         down = name[: -len(UP_SUFFIX)] + DOWN_SUFFIX if name in ups else None
         if down in downs:
-            migration = dataclasses.replace(migration, down=folder / down)
+            migration = dataclasses.replace(migration, down=read_script(folder / down))
         migrations.append(migration)
     result = check_order(migrations)
     _folder_cache[folder] = (signature, result)

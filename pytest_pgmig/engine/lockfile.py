@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_pgmig.engine.files import checksum, decode, read_bytes
+from pytest_pgmig.engine.formats import Reading, detect, load_migrations
 from pytest_pgmig.errors import MigrationError
 
 LOCK_NAME = "pgmig.lock"
@@ -25,13 +26,27 @@ class Drift:
     current: str | None
 
 
-def current_checksums(folder: Path) -> dict[str, str]:
-    """The engine's checksum of every `.sql` file in `folder`, by file name."""
+def current_checksums(
+    folder: Path, reading: Reading | None = None
+) -> tuple[dict[str, str], set[str]]:
+    """The engine's checksum of every migration of `folder` and of each down kept in a file
+    of its own, by name; and the names of repeatable migrations (which may change). A plain
+    folder's are its `.sql` files, by file name."""
     sums: dict[str, str] = {}
-    for path in sorted(folder.glob("*.sql")):
-        if path.is_file() and not path.name.startswith("."):
-            sums[path.name] = checksum(decode(read_bytes(path), path.name))
-    return sums
+    if detect(folder, reading or Reading()).format == "files":
+        for path in sorted(folder.glob("*.sql")):
+            if path.is_file() and not path.name.startswith("."):
+                sums[path.name] = checksum(decode(read_bytes(path), path.name))
+        return sums, set()
+    repeatable = set()
+    for migration in load_migrations(folder, reading):
+        sums[migration.filename] = migration.checksum
+        if migration.repeatable:
+            repeatable.add(migration.filename)
+        down = migration.down
+        if down is not None and down.path != migration.path:
+            sums[down.name] = checksum(down.text)
+    return sums, repeatable
 
 
 def read(folder: Path) -> dict[str, str] | None:
@@ -56,27 +71,32 @@ def read(folder: Path) -> dict[str, str] | None:
     return locked
 
 
-def check(folder: Path) -> list[Drift]:
-    """Locked migrations of `folder` that were edited or deleted (new files are fine)."""
+def check(folder: Path, reading: Reading | None = None) -> list[Drift]:
+    """Locked migrations of `folder` that were edited or deleted (new files are fine, and
+    so is a changed repeatable migration: its tool applies it again)."""
     locked = read(folder)
     if not locked:
         return []
-    current = current_checksums(folder)
+    current, repeatable = current_checksums(folder, reading)
     return [
         Drift(name, digest, current.get(name))
         for name, digest in sorted(locked.items())
-        if current.get(name) != digest
+        if current.get(name) != digest and name not in repeatable
     ]
 
 
-def write(folder: Path) -> list[str]:
+def write(folder: Path, reading: Reading | None = None) -> list[str]:
     """Add every migration not yet locked to `folder`'s lock file; returns the names added.
 
-    Entries already locked are never rewritten: an edited migration stays a failure until
-    the edit is undone (or the user deletes its line on purpose).
+    Entries already locked are never rewritten (an edited migration stays a failure until
+    the edit is undone, or the user deletes its line on purpose), but for a repeatable
+    migration's, which records its new checksum.
     """
     locked = read(folder) or {}
-    added = {n: s for n, s in current_checksums(folder).items() if n not in locked}
+    current, repeatable = current_checksums(folder, reading)
+    added = {
+        n: s for n, s in current.items() if n not in locked or (n in repeatable and locked[n] != s)
+    }
     if not added and (folder / LOCK_NAME).exists():
         return []
     entries = {**locked, **added}

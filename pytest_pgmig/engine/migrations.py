@@ -9,13 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_pgmig.engine.database import AsyncDatabaseManager
-from pytest_pgmig.engine.files import (
-    MigrationFile,
-    load_migrations,
-    parse_version,
-    plan_for,
-    version_key,
-)
+from pytest_pgmig.engine.files import MigrationFile, parse_version, plan_for, version_key
+from pytest_pgmig.engine.formats import load_migrations
 from pytest_pgmig.engine.plan import pending
 from pytest_pgmig.engine.runner import Applied, Outcome, Runner
 from pytest_pgmig.engine.sqltext import ScanError, analyze

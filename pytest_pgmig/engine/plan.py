@@ -12,12 +12,13 @@ def pending(files: tuple[MigrationFile, ...], applied: Mapping[str, str]) -> lis
     """The files without a tracking row, in version order.
 
     ``applied`` maps file names to their recorded checksums. A file whose checksum changed
-    after it was applied raises `MigrationError` (pgdbm's message) before anything runs.
+    after it was applied raises `MigrationError` (pgdbm's message) before anything runs,
+    but for a repeatable migration (Flyway's ``R__``), which is then pending again.
     """
     todo = []
     for file in files:
         recorded = applied.get(file.filename)
-        if recorded is None:
+        if recorded is None or (file.repeatable and recorded != file.checksum):
             todo.append(file)
         elif recorded != file.checksum:
             raise MigrationError(

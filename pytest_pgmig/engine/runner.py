@@ -11,7 +11,8 @@ import asyncpg  # type: ignore[import-untyped]
 
 from pytest_pgmig.engine.apply import Applier, ApplyOptions, is_the_sql, is_transient
 from pytest_pgmig.engine.database import Connection
-from pytest_pgmig.engine.files import MigrationFile, load_migrations
+from pytest_pgmig.engine.files import MigrationFile
+from pytest_pgmig.engine.formats import Reading, load_migrations
 from pytest_pgmig.engine.plan import pending
 from pytest_pgmig.engine.tracking import AppliedRow, Tracking
 from pytest_pgmig.errors import MigrationError
@@ -61,8 +62,10 @@ class Runner:
         *,
         table: str = "schema_migrations",
         options: ApplyOptions | None = None,
+        reading: Reading | None = None,
     ) -> None:
         self.folder = folder
+        self.reading = reading
         self.tracking = Tracking(schema, table, module_name)
         self.applier = Applier(schema, folder, self.tracking, options or ApplyOptions())
 
@@ -75,7 +78,7 @@ class Runner:
         and the error in the outcome instead (pgdbm's status dicts are built from it); bad
         files and modified checksums raise either way, before anything runs.
         """
-        files = load_migrations(self.folder)
+        files = load_migrations(self.folder, self.reading)
         if await self.tracking.matches(conn, files):
             return Outcome("up_to_date", [file.filename for file in files])
         applied = await self.tracking.applied(conn)
@@ -104,7 +107,7 @@ class Runner:
                 file = todo[index]
                 index += 1
                 try:
-                    ms = await self.applier.apply(conn, file.filename, file.checksum, file.plan)
+                    ms = await self.applier.apply_file(conn, file)
                 except MigrationError as exc:
                     logger.info("%s", exc)
                     if not report:

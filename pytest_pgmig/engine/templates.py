@@ -1,4 +1,4 @@
-"""Pure template rendering: {{tables.x}}, {{tables.schema.x}} and {{schema}}."""
+"""Pure template rendering: {{tables.x}}, {{tables.schema.x}}, {{schema}} and {{schema_name}}."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_PLACEHOLDER = re.compile(r"\{\{(?:(schema)|tables\.(\w+)(?:\.(\w+))?)\}\}(\.)?")
+_PLACEHOLDER = re.compile(r"\{\{(?:(schema)|(schema_name)|tables\.(\w+)(?:\.(\w+))?)\}\}(\.)?")
 
 # (start, end) in the template, then (start, end) of what replaced it in the output.
 Replacement = tuple[int, int, int, int]
@@ -47,6 +47,8 @@ def render(text: str, schema: str | None) -> str:
     ``{{schema}}`` -> ``"schema"``. Table names are folded to lower case, as pgdbm's
     unquoted ``"schema".x`` is, so both engines name the same table. With no schema,
     tables stay unqualified and ``{{schema}}.`` disappears (pgdbm's behaviour).
+    ``{{schema_name}}`` (ours, for Flyway's ``${flyway:defaultSchema}``) is the bare name,
+    usable inside a string literal too; ``public`` without a schema.
 
     >>> render("SELECT * FROM {{tables.users}} JOIN {{schema}}.t USING (id)", "app")
     'SELECT * FROM "app"."users" JOIN "app".t USING (id)'
@@ -87,8 +89,10 @@ def source_index(replacements: Sequence[Replacement], index: int) -> int:
 
 
 def _replacement(match: re.Match[str], schema: str | None) -> str:
-    is_schema, first, second, dot = match.groups()
+    is_schema, bare, first, second, dot = match.groups()
     dot = dot or ""
+    if bare:
+        return validate_identifier(schema or "public", "schema") + dot
     if is_schema:
         if schema is None:
             return "" if dot else '"public"'

@@ -112,14 +112,22 @@ class Tracking:
             return []
 
     def record_sql(
-        self, filename: str, checksum: str, ms: float | None = None, *, elapsed_sql: str = ""
+        self,
+        filename: str,
+        checksum: str,
+        ms: float | None = None,
+        *,
+        elapsed_sql: str = "",
+        replace: bool = False,
     ) -> str:
         """The INSERT of a file's row; timed by the server (``ms=None``: the message's time,
         or the expression `elapsed_sql`) when sent with the file itself, else with the time
-        measured by the caller."""
+        measured by the caller. `replace`: a repeatable migration's row is replaced, as it is
+        applied again whenever it changes."""
         elapsed = elapsed_sql or (_ELAPSED_MS if ms is None else f"{float(ms)!r}::float8")
         return (
-            f"INSERT INTO {self.table} (filename, checksum, module_name, execution_time_ms) "
+            (f"{self.forget_sql(filename)};" if replace else "")
+            + f"INSERT INTO {self.table} (filename, checksum, module_name, execution_time_ms) "
             f"VALUES ({sql_literal(filename)}, {sql_literal(checksum)}, "
             f"{sql_literal(self.module_name)}, {elapsed})"
         )

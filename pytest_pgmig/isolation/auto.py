@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pytest_pgmig.checks.workspace import Procedure, T
-from pytest_pgmig.errors import CannotCreateDatabases, MigrationFailed, OutsideSchemaError
+from pytest_pgmig.errors import CannotCreateDatabases, MigrationError, MigrationFailed
 from pytest_pgmig.isolation.base import Context, Sets, Slot, Stats
 from pytest_pgmig.isolation.databases import DatabaseIsolation
-from pytest_pgmig.isolation.migrate import migration_failed
+from pytest_pgmig.isolation.migrate import migration_failed, outside_write
 from pytest_pgmig.isolation.schemas import SchemaIsolation
 
 
@@ -14,7 +14,8 @@ class AutoIsolation:
     """The `Isolation` of `--pgmig-isolation=auto`: a schema per test until a set can't.
 
     A set whose files write outside the schema they migrate (the outside-write check found
-    it, and rolled the file back) is migrated into a template database instead, and runs
+    it, and rolled the file back; or a file failed on a name it qualifies with ``public``)
+    is migrated into a template database instead, and runs
     under database isolation for the rest of the process. Both strategies count into one
     `Stats`, whose `switched` lines say which set moved and why.
     """
@@ -53,8 +54,8 @@ class AutoIsolation:
         if sets not in self._moved:
             try:
                 return await self.schemas.check(sets, procedure)
-            except OutsideSchemaError as exc:
-                if exc.cluster:
+            except MigrationError as exc:
+                if outside_write(sets[-1], exc) is None:
                     raise
                 cause = migration_failed(sets[-1], exc)
                 assert cause.outside is not None

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from pytest_pgmig.engine.formats import DEFAULT_READING, Reading
 from pytest_pgmig.servers.dsn import redact
 
 if TYPE_CHECKING:
@@ -18,10 +19,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class MigrationSet:
-    """One folder of migrations and the `<lib>` part of its module_name."""
+    """One folder of migrations, the `<lib>` part of its module_name, and how to read it
+    (its format and placeholders)."""
 
     module: str
     path: Path
+    reading: Reading = DEFAULT_READING
 
 
 Sets = tuple[MigrationSet, ...]

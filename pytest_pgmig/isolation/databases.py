@@ -178,7 +178,12 @@ class DatabaseIsolation(ControlSession):
                 # public first on search_path, as a new database has it; the tracking table
                 # named with its schema, so a file that empties search_path (pg_dump) works
                 runner = Runner(
-                    PUBLIC, mset.path, mset.module, table=TRACKING_TABLE, options=_AS_WRITTEN
+                    PUBLIC,
+                    mset.path,
+                    mset.module,
+                    table=TRACKING_TABLE,
+                    options=_AS_WRITTEN,
+                    reading=mset.reading,
                 )
                 try:
                     applied += len((await runner.upgrade(conn)).done)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import asyncpg  # type: ignore[import-untyped]
 
 from pytest_pgmig.engine.apply import ApplyOptions
-from pytest_pgmig.engine.files import load_migrations
+from pytest_pgmig.engine.formats import load_migrations
 from pytest_pgmig.engine.runner import Runner
 from pytest_pgmig.errors import MigrationError, MigrationFailed, OutsideSchemaError
 from pytest_pgmig.isolation import extensions
@@ -58,7 +59,14 @@ class SetMigrator:
                     check=None if mset in self.verified else Guard(name),
                     batch=True,
                 )
-                runner = Runner(name, mset.path, module_name, table=TRACKING_TABLE, options=options)
+                runner = Runner(
+                    name,
+                    mset.path,
+                    module_name,
+                    table=TRACKING_TABLE,
+                    options=options,
+                    reading=mset.reading,
+                )
                 applied += len((await runner.upgrade(conn)).done)
             except MigrationError as exc:
                 await conn.execute("RESET ALL")
@@ -76,7 +84,7 @@ class SetMigrator:
         if path is None:
             requests = [
                 request
-                for file in load_migrations(mset.path)
+                for file in load_migrations(mset.path, mset.reading)
                 for request in extensions.find_extensions(
                     file.content, file.plan.statements, file.filename
                 )
@@ -96,7 +104,24 @@ def migration_failed(mset: MigrationSet, problem: MigrationError) -> MigrationFa
     brief = (
         f"pgmig: migration {where} is broken ({first_line}); see the first failing test for details"
     )
-    outside = None
-    if isinstance(problem, OutsideSchemaError) and not problem.cluster:
-        outside = f"{mset.path}/{filename}: {problem.what}"
-    return MigrationFailed(full, brief, transient=problem.transient, outside=outside)
+    return MigrationFailed(
+        full, brief, transient=problem.transient, outside=outside_write(mset, problem)
+    )
+
+
+# `public.x`, `"public"."X"`: a name the file qualifies with the database's own schema
+_PUBLIC = re.compile(r'(?<![\w"])"?public"?\s*\.\s*"?\w', re.IGNORECASE)
+
+
+def outside_write(mset: MigrationSet, problem: MigrationError) -> str | None:
+    """What of the set lies outside the schema it migrates (``file: object``), when that is
+    why it failed: a write the outside-write check caught (but not to what the whole server
+    shares), or a name qualified with ``public`` that is not there, because the set made it
+    unqualified in the test's schema. Either way a database of its own can hold the set."""
+    where = f"{mset.path}/{problem.migration_file or '?'}"
+    if isinstance(problem, OutsideSchemaError):
+        return None if problem.cluster else f"{where}: {problem.what}"
+    said = problem.sql_error or ""
+    if "does not exist" in said and _PUBLIC.search(f"{said}\n{problem.excerpt or ''}"):
+        return f"{where}: a name qualified with public ({said.splitlines()[0]})"
+    return None

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from pytest_pgmig.engine import lockfile
-from pytest_pgmig.isolation.base import PgmigSchema
+from pytest_pgmig.engine import formats, lockfile
+from pytest_pgmig.errors import MigrationError
+from pytest_pgmig.isolation.base import MigrationSet, PgmigSchema
 from pytest_pgmig.plugin import checks, options, settings
 from pytest_pgmig.plugin.connections import pgmig_psycopg
 from pytest_pgmig.plugin.fixtures import (
@@ -83,7 +84,7 @@ def _probe_dsn(state: PgmigState) -> None:
 
 def _write_locks(config: pytest.Config, opts: settings.Settings) -> None:
     for mset in opts.migrations.value:
-        added = lockfile.write(mset.path)
+        added = lockfile.write(mset.path, mset.reading)
         where = mset.path / lockfile.LOCK_NAME
         message = f"{where}: locked {len(added)} new migration(s)"
         _notes(config).append(message + (": " + ", ".join(added) if added else ""))
@@ -131,7 +132,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     else:
         server = f"{opts.server.value} [{opts.server.source}]: {_local_plan(opts.server.value)}"
     if opts.migrations.value:
-        folders = ", ".join(f"{m.module}={_rel(config, m.path)}" for m in opts.migrations.value)
+        folders = ", ".join(
+            f"{m.module}={_rel(config, m.path)}{_format(m, opts)}" for m in opts.migrations.value
+        )
     else:
         folders = "none"
     return [
@@ -140,6 +143,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         + (f"; ddl log {opts.ddl_log}" if opts.ddl_log.value else "")
         + f"; checks down {_on(opts.check_down)}, idempotent {_on(opts.check_idempotent)}"
     ] + [f"pgmig: {note}" for note in notes]
+
+
+def _format(mset: MigrationSet, opts: settings.Settings) -> str:
+    """How a set is read, for the header: nothing for plain files found as such."""
+    try:
+        found = formats.detect(mset.path, mset.reading)
+    except MigrationError:
+        return ""  # reported at start-up already
+    if found.why == "set":
+        return f" ({found.format} [{opts.format.source}])"
+    return "" if found.format == "files" else f" ({found.format}: {found.why})"
 
 
 def _on(setting: settings.Setting[bool]) -> str:

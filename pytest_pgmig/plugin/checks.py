@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_pgmig.engine import lockfile
-from pytest_pgmig.engine.files import DOWN_SUFFIX
+from pytest_pgmig.engine.formats import load_migrations
 from pytest_pgmig.errors import CheckFailed, MigrationError
 from pytest_pgmig.isolation.base import MigrationSet, Sets
 from pytest_pgmig.plugin import settings
@@ -26,7 +26,7 @@ def items(session: pytest.Session, opts: settings.Settings) -> list[pytest.Item]
     asked for."""
     sets = opts.migrations.value
     found: list[pytest.Item] = [
-        LockCheck.from_parent(session, name=f"pgmig.lock[{m.module}]", folder=m.path)
+        LockCheck.from_parent(session, name=f"pgmig.lock[{m.module}]", mset=m)
         for m in sets
         if (m.path / lockfile.LOCK_NAME).exists()
     ]
@@ -34,7 +34,7 @@ def items(session: pytest.Session, opts: settings.Settings) -> list[pytest.Item]
         # a set is checked on the sets before it, as its tests have them
         upto = sets[: index + 1]
         wanted = {
-            "down": opts.check_down.value and _has_downs(mset.path),
+            "down": opts.check_down.value and _has_downs(mset),
             "idempotent": opts.check_idempotent.value,
         }
         found += [
@@ -45,22 +45,25 @@ def items(session: pytest.Session, opts: settings.Settings) -> list[pytest.Item]
     return found
 
 
-def _has_downs(folder: Path) -> bool:
+def _has_downs(mset: MigrationSet) -> bool:
+    """Whether the set has downs (or sqitch's verify scripts) for the down check to run."""
     try:
-        return any(entry.name.endswith(DOWN_SUFFIX) for entry in folder.iterdir())
-    except OSError:
+        migrations = load_migrations(mset.path, mset.reading)
+    except MigrationError:
         return False  # the tests report the folder
+    return any(m.down is not None or m.verify is not None for m in migrations)
 
 
 class LockCheck(pytest.Item):
     """A test item that fails when a locked migration was edited or deleted."""
 
-    def __init__(self, *, folder: Path, **kwargs: Any) -> None:
+    def __init__(self, *, mset: MigrationSet, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.folder = folder
+        self.folder = mset.path
+        self.reading = mset.reading
 
     def runtest(self) -> None:
-        drift = lockfile.check(self.folder)
+        drift = lockfile.check(self.folder, self.reading)
         if drift:
             raise LockDrift(lockfile.describe(self.folder, drift))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import pytest
 
 from pytest_pgmig.errors import MigrationFailed
-from pytest_pgmig.isolation.base import MigrationSet, PgmigSchema, Sets, Slot
+from pytest_pgmig.isolation.base import PgmigSchema, Sets, Slot
 from pytest_pgmig.plugin import marker, settings
 from pytest_pgmig.plugin.connections import give_back_asyncpg, take_asyncpg
 from pytest_pgmig.plugin.state import KEPT, SCHEMA, PgmigWarning, fail_test, state_of
@@ -259,13 +260,15 @@ def pgmig_factory(
         if migrations is None:
             sets: Sets = state.settings.migrations.value
         else:
-            sets = marker.parse_migrations(migrations, base, state.checked_folders)
+            sets = marker.parse_migrations(
+                migrations, base, state.checked_folders, state.settings.reading()
+            )
         if module is not None:
             try:
                 lib = settings.module_type(module)
             except settings.BadValue as exc:
                 raise pytest.fail.Exception(f"pgmig_factory: {exc}", pytrace=False) from None
-            sets = tuple(MigrationSet(lib, m.path) for m in sets[:1]) + sets[1:]
+            sets = tuple(dataclasses.replace(m, module=lib) for m in sets[:1]) + sets[1:]
         try:
             slot = await asyncio.wrap_future(
                 runtime.submit(isolation.acquire(sets, lane="factory"))

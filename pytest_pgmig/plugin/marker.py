@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pytest_pgmig.engine.formats import Reading
 from pytest_pgmig.isolation.base import MigrationSet, Sets
 from pytest_pgmig.plugin import settings
 from pytest_pgmig.plugin.state import state_of
@@ -14,12 +16,19 @@ from pytest_pgmig.plugin.state import state_of
 _PLAN = pytest.StashKey[tuple[Sets, str]]()
 
 
-def pgmig(*, migrations: Any = None, module: str | None = None, scope: str | None = None) -> None:
-    """The marker's signature: ``@pytest.mark.pgmig(migrations=..., module=..., scope=...)``.
+def pgmig(
+    *,
+    migrations: Any = None,
+    module: str | None = None,
+    scope: str | None = None,
+    format: str | None = None,
+) -> None:
+    """The marker's signature: ``@pytest.mark.pgmig(migrations=..., module=..., scope=...,
+    format=...)``.
 
     ``migrations``: a folder (``PATH`` or ``NAME=PATH``, relative to the test file) or a
     list of them; ``module``: the ``<lib>`` of module_name; ``scope``: ``test`` or
-    ``worker``.
+    ``worker``; ``format``: how its folders are read (``--pgmig-format``'s values).
     """
 
 
@@ -28,7 +37,7 @@ def _check(marker: pytest.Mark) -> None:
     if marker.args:
         first = marker.args[0]
         pytest.fail(
-            f"pgmig marker: takes keyword arguments only (migrations=, module=, scope=), "
+            f"pgmig marker: takes keyword arguments only (migrations=, module=, scope=, format=), "
             f"got the positional argument {first!r}; write "
             f"@pytest.mark.pgmig(migrations={first!r})",
             pytrace=False,
@@ -36,10 +45,10 @@ def _check(marker: pytest.Mark) -> None:
     try:
         pgmig(**marker.kwargs)
     except TypeError:
-        unknown = sorted(set(marker.kwargs) - {"migrations", "module", "scope"})
+        unknown = sorted(set(marker.kwargs) - {"migrations", "module", "scope", "format"})
         pytest.fail(
-            f"pgmig marker: unknown argument(s) {unknown}; it takes migrations=, module= and "
-            "scope=",
+            f"pgmig marker: unknown argument(s) {unknown}; it takes migrations=, module=, "
+            "scope= and format=",
             pytrace=False,
         )
 
@@ -65,12 +74,18 @@ def _marker_plan(request: pytest.FixtureRequest, opts: settings.Settings) -> tup
     if not kwargs:
         return sets, scope
     try:
+        fmt = kwargs.get("format")
+        reading = opts.reading(None if fmt is None else settings.format_type(str(fmt)))
         if "migrations" in kwargs:
             sets = parse_migrations(
                 kwargs["migrations"],
                 Path(request.node.path).parent,
                 state_of(request.config).checked_folders,
+                reading,
             )
+        elif fmt is not None:
+            sets = tuple(dataclasses.replace(m, reading=reading) for m in sets)
+            _check_folders(sets, state_of(request.config).checked_folders)
         if kwargs.get("module") is not None:
             module = settings.module_type(str(kwargs["module"]))
             if len(sets) != 1:
@@ -79,7 +94,7 @@ def _marker_plan(request: pytest.FixtureRequest, opts: settings.Settings) -> tup
                     f"folder, this test has {len(sets)}",
                     pytrace=False,
                 )
-            sets = (MigrationSet(module, sets[0].path),)
+            sets = (dataclasses.replace(sets[0], module=module),)
         if kwargs.get("scope") is not None:
             scope = settings.scope_type(str(kwargs["scope"]))
     except settings.BadValue as exc:
@@ -87,15 +102,22 @@ def _marker_plan(request: pytest.FixtureRequest, opts: settings.Settings) -> tup
     return sets, scope
 
 
-def parse_migrations(value: Any, base: Path, checked: set[Path]) -> Sets:
+def parse_migrations(value: Any, base: Path, checked: set[MigrationSet], reading: Reading) -> Sets:
     """Migration sets from a marker's or `pgmig_factory`'s ``migrations=`` value."""
     specs = [value] if isinstance(value, (str, Path)) else list(value)
-    sets = tuple(settings.parse_migration_spec(str(spec), base) for spec in specs)
+    sets = tuple(settings.parse_migration_spec(str(spec), base, reading) for spec in specs)
+    _check_folders(sets, checked)
+    return sets
+
+
+def _check_folders(sets: Sets, checked: set[MigrationSet]) -> None:
+    """Check each folder once a run: a bad one fails the test that names it."""
     for mset in sets:
-        if mset.path not in checked:
+        if mset not in checked:
             try:
-                settings.check_migrations_folder(mset.path, source="pgmig marker")
+                settings.check_migrations_folder(
+                    mset.path, source="pgmig marker", reading=mset.reading
+                )
             except pytest.UsageError as exc:
                 raise pytest.fail.Exception(str(exc), pytrace=False) from None
-            checked.add(mset.path)
-    return sets
+            checked.add(mset)

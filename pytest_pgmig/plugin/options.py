@@ -72,6 +72,14 @@ OPTIONS = (
         type=settings.module_type,
     ),
     Option(
+        "format",
+        "how a migrations folder is read: auto (default) detects the tool from its files; "
+        "files, goose, dbmate, prisma, diesel, flyway, sqitch or yoyo name it",
+        "auto, files, goose, dbmate, prisma, diesel, flyway, sqitch or yoyo",
+        metavar="auto|files|goose|...",
+        type=settings.format_type,
+    ),
+    Option(
         "dsn",
         "use this existing server and database instead of starting one",
         "an existing server's DSN to use instead of starting one",
@@ -145,6 +153,12 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("pgmig", "throwaway migrated PostgreSQL schemas (pytest-pgmig)")
     for option in OPTIONS:
         option.add(group, parser)
+    parser.addini(
+        "pgmig_placeholders",
+        "NAME=VALUE a line: values of Flyway-style ${NAME} placeholders in migrations "
+        "(env PGMIG_PLACEHOLDERS, ;-separated)",
+        type="linelist",
+    )
     parser.addini(
         "pgmig_ddl_log",
         "on a --pgmig-dsn server you own: install event triggers that make the per-test DDL "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -12,6 +13,8 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 
+from pytest_pgmig.engine import formats
+from pytest_pgmig.errors import MigrationError
 from pytest_pgmig.isolation.base import MigrationSet
 from pytest_pgmig.servers.info import SOURCES
 
@@ -51,6 +54,15 @@ class Settings:
     isolation: Setting[str] = field(default_factory=lambda: Setting("auto", "default"))
     check_down: Setting[bool] = field(default_factory=lambda: Setting(True, "default"))
     check_idempotent: Setting[bool] = field(default_factory=lambda: Setting(False, "default"))
+    format: Setting[str] = field(default_factory=lambda: Setting("auto", "default"))
+    placeholders: Setting[tuple[tuple[str, str], ...]] = field(
+        default_factory=lambda: Setting((), "default")
+    )
+
+    def reading(self, format: str | None = None) -> formats.Reading:
+        """How to read a migrations folder: the configured format (or `format`), and the
+        placeholders."""
+        return formats.Reading(format or self.format.value, self.placeholders.value)
 
 
 def scope_type(value: str) -> str:
@@ -61,6 +73,28 @@ def scope_type(value: str) -> str:
 def isolation_type(value: str) -> str:
     """argparse `type=` converter for --pgmig-isolation."""
     return _choice("--pgmig-isolation", value, ISOLATIONS)
+
+
+def format_type(value: str) -> str:
+    """argparse `type=` converter for --pgmig-format."""
+    return _choice("--pgmig-format", value, formats.FORMATS)
+
+
+def placeholders_type(value: str) -> tuple[tuple[str, str], ...]:
+    """``NAME=VALUE`` pairs, one a line (ini) or ``;``-separated (env), for ``${NAME}``.
+
+    >>> placeholders_type("owner=app; region = eu")
+    (('owner', 'app'), ('region', 'eu'))
+    """
+    pairs = []
+    for item in re.split(r"[;\n]", value):
+        if not item.strip():
+            continue
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise _bad(f"invalid placeholder {item.strip()!r}: write NAME=VALUE")
+        pairs.append((name.strip(), text.strip()))
+    return tuple(pairs)
 
 
 def server_type(value: str) -> str:
@@ -138,7 +172,9 @@ def _identifier(value: str) -> str:
     return f"m_{name}" if name[:1].isdigit() else name
 
 
-def parse_migration_spec(spec: str, base: Path) -> MigrationSet:
+def parse_migration_spec(
+    spec: str, base: Path, reading: formats.Reading = formats.DEFAULT_READING
+) -> MigrationSet:
     """Read `PATH` or `NAME=PATH`; relative paths count from `base`."""
     name, sep, raw = spec.partition("=")
     if not sep or "/" in name or os.sep in name:
@@ -148,11 +184,13 @@ def parse_migration_spec(spec: str, base: Path) -> MigrationSet:
         path = base / path
     path = path.resolve()
     module = module_type(name) if name.strip() else default_module(path)
-    return MigrationSet(module=module, path=path)
+    return MigrationSet(module=module, path=path, reading=reading)
 
 
-def check_migrations_folder(path: Path, *, source: str) -> None:
-    """Fail with the fix when a configured migrations folder cannot serve."""
+def check_migrations_folder(
+    path: Path, *, source: str, reading: formats.Reading = formats.DEFAULT_READING
+) -> formats.Detection:
+    """Fail with the fix when a configured migrations folder cannot serve; its format."""
     where = f"pgmig migrations folder {str(path)!r} (from {source})"
     if not path.exists():
         raise pytest.UsageError(
@@ -162,16 +200,24 @@ def check_migrations_folder(path: Path, *, source: str) -> None:
     if not path.is_dir():
         raise pytest.UsageError(f"{where} is not a folder: point it at the folder of .sql files.")
     try:
-        has_sql = any(p.suffix == ".sql" and p.is_file() for p in path.iterdir())
+        found = formats.detect(path, reading)
+        if found.format != "files":
+            # what the tool itself would refuse fails the run now (a plain folder's bad
+            # files fail its tests, naming file and line, as they always have)
+            formats.load_migrations(path, reading)
+        has_sql = any(p.suffix == ".sql" and p.is_file() for p in found.root.iterdir())
     except OSError as exc:
         raise pytest.UsageError(
             f"{where} cannot be read ({exc.strerror}): check its permissions."
         ) from None
-    if not has_sql:
+    except MigrationError as exc:
+        raise pytest.UsageError(f"{where}: {exc}") from None
+    if found.format == "files" and not has_sql:
         raise pytest.UsageError(
             f"{where} holds no .sql files. Add migrations such as 001_create_users.sql, "
             "or point the option at the folder that holds them."
         )
+    return found
 
 
 def _ini_source(config: pytest.Config) -> str:
@@ -204,7 +250,10 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> 
     """Resolve every setting, CLI first, then environment, then ini, then the default."""
     sources = _Sources(config, os.environ if environ is None else environ)
     module = sources.pick("pgmig_module", module_type, None)
-    migrations = _checked_migrations(_resolve_migrations(sources), module)
+    fmt = sources.pick("pgmig_format", format_type, "auto")
+    placeholders = _resolve_placeholders(sources)
+    reading = formats.Reading(fmt.value, placeholders.value)
+    migrations = _checked_migrations(_resolve_migrations(sources, reading), module)
     keep = Setting(False, "default")
     if config.getoption("pgmig_keep"):
         keep = Setting(True, "cli")
@@ -225,6 +274,8 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> 
         isolation=sources.pick("pgmig_isolation", isolation_type, "auto"),
         check_down=sources.pick("pgmig_check_down", switch_type, True),
         check_idempotent=sources.pick("pgmig_check_idempotent", switch_type, False),
+        format=fmt,
+        placeholders=placeholders,
     )
 
 
@@ -240,10 +291,11 @@ def _checked_migrations(
                 "as NAME=PATH instead."
             )
         migrations = Setting(
-            tuple(MigrationSet(module.value, m.path) for m in migrations.value), migrations.source
+            tuple(dataclasses.replace(m, module=module.value) for m in migrations.value),
+            migrations.source,
         )
     for mset in migrations.value:
-        check_migrations_folder(mset.path, source=migrations.source)
+        check_migrations_folder(mset.path, source=migrations.source, reading=mset.reading)
     modules = [m.module for m in migrations.value]
     if len(set(modules)) != len(modules):
         raise pytest.UsageError(
@@ -251,6 +303,20 @@ def _checked_migrations(
             "name with NAME=PATH."
         )
     return migrations
+
+
+def _resolve_placeholders(sources: _Sources) -> Setting[tuple[tuple[str, str], ...]]:
+    raw = sources.env.get("PGMIG_PLACEHOLDERS", "")
+    if raw.strip():
+        return Setting(
+            _convert(placeholders_type, raw, "PGMIG_PLACEHOLDERS"), "env PGMIG_PLACEHOLDERS"
+        )
+    lines = sources.config.getini("pgmig_placeholders")
+    if lines:
+        return Setting(
+            _convert(placeholders_type, "\n".join(lines), "pgmig_placeholders"), sources.ini
+        )
+    return Setting((), "default")
 
 
 def _resolve_ddl_log(sources: _Sources) -> Setting[bool]:
@@ -269,14 +335,16 @@ def _convert(convert: Any, raw: str, where: str) -> Any:
         raise pytest.UsageError(f"{exc} (from {where})") from None
 
 
-def _resolve_migrations(sources: _Sources) -> Setting[tuple[MigrationSet, ...]]:
+def _resolve_migrations(
+    sources: _Sources, reading: formats.Reading
+) -> Setting[tuple[MigrationSet, ...]]:
     config, env = sources.config, sources.env
     rootdir = config.inipath.parent if config.inipath is not None else config.rootpath
     cwd = Path(config.invocation_params.dir)
 
     def parse_all(specs: list[str], base: Path, source: str) -> Setting[tuple[MigrationSet, ...]]:
         try:
-            return Setting(tuple(parse_migration_spec(s, base) for s in specs), source)
+            return Setting(tuple(parse_migration_spec(s, base, reading) for s in specs), source)
         except BadValue as exc:
             raise pytest.UsageError(f"pgmig migrations: {exc} (from {source})") from None
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import pytest
 
 from pytest_pgmig.errors import ServerError
-from pytest_pgmig.isolation.base import Context, PgmigSchema, Stats
+from pytest_pgmig.isolation.base import Context, MigrationSet, PgmigSchema, Stats
 from pytest_pgmig.plugin import settings
 from pytest_pgmig.servers.dsn import scrub
 
@@ -69,7 +68,7 @@ class PgmigState:
     stats: Stats = field(default_factory=Stats)
     remote_info: dict[str, Any] | None = None
     kept: list[str] = field(default_factory=list)
-    checked_folders: set[Path] = field(default_factory=set)  # marker and factory folders
+    checked_folders: set[MigrationSet] = field(default_factory=set)  # marker and factory sets
     psycopg: dict[str, Any] = field(default_factory=dict)  # pgmig_psycopg's, by schema DSN
     # pgmig_conn's on a loop that outlives its test, by (loop, DSN): (connection, loop)
     asyncpg: dict[tuple[int, str], Any] = field(default_factory=dict)
