@@ -251,3 +251,22 @@ def test_a_down_declares_a_difference_it_makes_on_purpose(
     )
     result.assert_outcomes(deselected=1, **{outcome: 1})
     result.stdout.fnmatch_lines([says])
+
+
+def test_a_failing_migration_names_the_file_its_tool_keeps_it_in(
+    pytester: pytest.Pytester, server_dsn: str
+) -> None:
+    fset = SETS["prisma"]
+    broken = {
+        "20240102000000_posts/migration.sql": 'CREATE TABLE "Post" (id int REFERENCES "Nope");\n'
+    }
+    project(pytester, fset, broken)
+    result = pytester.runpytest_subprocess(
+        "--pgmig-migrations=migrations", f"--pgmig-dsn={server_dsn}", "-p", "no:randomly"
+    )
+    text = text_of(result)
+    assert "Migration '20240102000000_posts' failed at line 1: UndefinedTableError" in text
+    assert (
+        "Fix the SQL in " + str(pytester.path / "migrations/20240102000000_posts/migration.sql")
+        in text
+    )

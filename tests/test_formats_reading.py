@@ -234,3 +234,51 @@ def test_a_forced_format_is_used_as_given(tmp_path: Path) -> None:
     assert detect(path).format == "files"
     with pytest.raises(MigrationError, match=r"001_a.sql: it has no '-- \+goose Up'"):
         load_migrations(path, Reading("goose"))
+
+
+@pytest.mark.parametrize(
+    ("sql_error", "excerpt", "moves"),
+    [
+        ('UndefinedTableError: relation "public.User" does not exist', "", True),
+        ("UndefinedFunctionError: function public.touch() does not exist", "", True),
+        # another missing object on a line that names public: not the set's own public name
+        (
+            'UndefinedObjectError: role "finki_admin" does not exist',
+            "  34 | alter table public.professor",
+            False,
+        ),
+        ('UndefinedTableError: relation "users" does not exist', "  3 | FROM public_users", False),
+    ],
+)
+def test_only_a_missing_public_name_moves_a_set_to_a_database(
+    sql_error: str, excerpt: str, moves: bool
+) -> None:
+    from pytest_pgmig.isolation.base import MigrationSet
+    from pytest_pgmig.isolation.migrate import outside_write
+
+    problem = MigrationError("x", "002_b.sql", sql_error=sql_error, excerpt=excerpt)
+    assert (outside_write(MigrationSet("app", Path("m")), problem) is not None) is moves
+
+
+def test_sqitch_is_found_through_the_top_dir_of_its_conf(tmp_path: Path) -> None:
+    root = SETS["sqitch"].write(tmp_path / "api" / "deploy_db")
+    (tmp_path / "api" / "sqitch.conf").write_text("[core]\n\tengine = pg\n\ttop_dir = deploy_db\n")
+    found = detect(tmp_path / "api")
+    assert (found.format, found.root) == ("sqitch", root)
+    assert load_migrations(tmp_path / "api")[0].filename == "users"
+
+
+def test_the_readmes_format_examples_read_as_it_says(tmp_path: Path) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    found = re.findall(r"```sql\n-- (\w+): (\S+)\n(.*?)```", readme, re.DOTALL)
+    examples = {tool: (name, text) for tool, name, text in found}
+    assert set(examples) == {"goose", "dbmate"}
+    for tool, (name, text) in examples.items():
+        path = folder(tmp_path / tool, {name: text})
+        assert detect(path).format == tool
+        (migration,) = load_migrations(path)
+        assert migration.down is not None and migration.down.text.strip()
+    goose = load_migrations(tmp_path / "goose" / "migrations")[0]
+    assert not goose.plan.transactional

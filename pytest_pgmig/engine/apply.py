@@ -119,6 +119,9 @@ class Applier:
         self.folder = folder
         self.tracking = tracking
         self.options = options
+        # where each migration's up is, for messages: a tool's name for a migration (a
+        # Prisma folder, a sqitch change) is not a file in the folder
+        self._sources: dict[str, Path] = {}
 
     async def apply(
         self,
@@ -145,6 +148,7 @@ class Applier:
     async def apply_file(self, conn: Connection, file: MigrationFile) -> float:
         """`apply` for a migration as loaded: its row replaced if it is repeatable, its
         tool's history written with it."""
+        self._sources[file.filename] = file.path
         return await self.apply(
             conn, file.filename, file.checksum, file.plan, replace=file.repeatable, also=file.record
         )
@@ -343,10 +347,10 @@ class Applier:
             snippet = excerpt(plan.text, offset)
         where = f" at line {line}" if line else ""
         if plan.transactional:
+            source = self._sources.get(filename, self.folder / filename)
             hint = (
                 f"Nothing of '{filename}' was applied (the file and its tracking row share "
-                f"one transaction). Fix the SQL in {self.folder / filename} and run "
-                "the migrations again."
+                f"one transaction). Fix the SQL in {source} and run the migrations again."
             )
         else:
             hint = (

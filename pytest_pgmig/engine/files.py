@@ -182,9 +182,9 @@ def plan_for(content: str, filename: str | None = None) -> ScriptPlan:
         ) from None
 
 
-_Signature = tuple[tuple[str, int, int, int], ...]
+Signature = tuple[tuple[str, int, int, int], ...]
 _file_cache: dict[Path, tuple[tuple[int, int, int], MigrationFile]] = {}
-_folder_cache: dict[Path, tuple[_Signature, tuple[MigrationFile, ...]]] = {}
+_folder_cache: dict[Path, tuple[Signature, tuple[MigrationFile, ...]]] = {}
 
 
 def load_plain(path: str | os.PathLike[str]) -> tuple[MigrationFile, ...]:
@@ -203,7 +203,12 @@ def load_plain(path: str | os.PathLike[str]) -> tuple[MigrationFile, ...]:
             print(migration.version, migration.filename, migration.checksum[:12])
     """
     folder = Path(path).resolve()
-    signature, now = _scan(folder)
+    return load_scanned(folder, *_scan(folder))
+
+
+def load_scanned(folder: Path, signature: Signature, now: int) -> tuple[MigrationFile, ...]:
+    """`load_plain` of a folder already scanned: its ``.sql`` files as (name, mtime, size,
+    inode) by name, and the time of the scan."""
     racy = any(now - mtime < _RACY_NS for _, mtime, _, _ in signature)
     cached = _folder_cache.get(folder)
     if cached is not None and cached[0] == signature and not racy:
@@ -223,7 +228,7 @@ def load_plain(path: str | os.PathLike[str]) -> tuple[MigrationFile, ...]:
     return result
 
 
-def _scan(folder: Path) -> tuple[_Signature, int]:
+def _scan(folder: Path) -> tuple[Signature, int]:
     """The folder's ``.sql`` files as (name, mtime, size, inode), by name; and the time now."""
     try:
         entries = [
@@ -244,7 +249,7 @@ def _scan(folder: Path) -> tuple[_Signature, int]:
     return tuple(sorted(signature)), now
 
 
-def _check_names(folder: Path, signature: _Signature) -> tuple[set[str], set[str]]:
+def _check_names(folder: Path, signature: Signature) -> tuple[set[str], set[str]]:
     """The up and down files' names; raise for a name no pattern accepts or a lone down."""
     downs = {name for name, *_ in signature if name.endswith(DOWN_SUFFIX)}
     bad = [name for name, *_ in signature if name not in downs and parse_version(name) is None]

@@ -121,7 +121,9 @@ def outside_write(mset: MigrationSet, problem: MigrationError) -> str | None:
     where = f"{mset.path}/{problem.migration_file or '?'}"
     if isinstance(problem, OutsideSchemaError):
         return None if problem.cluster else f"{where}: {problem.what}"
-    said = problem.sql_error or ""
-    if "does not exist" in said and _PUBLIC.search(f"{said}\n{problem.excerpt or ''}"):
-        return f"{where}: a name qualified with public ({said.splitlines()[0]})"
+    # the missing object itself is named with public (`relation "public.User" does not
+    # exist`): not another error that merely sits on a line naming public
+    said = (problem.sql_error or "").split("\n", 1)[0]
+    if said.endswith("does not exist") and _PUBLIC.search(said):
+        return f"{where}: a name qualified with public ({said})"
     return None

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_pgmig.engine.files import MigrationFile, load_plain
+from pytest_pgmig.engine.files import MigrationFile, load_plain, load_scanned
 from pytest_pgmig.engine.formats import (
     dbmate,
     diesel,
@@ -126,11 +126,18 @@ def _detection(folder: Path, reading: Reading) -> tuple[Detection, Listing, Text
 
 
 def _read(path: Path, reading: Reading) -> tuple[MigrationFile, ...]:
-    found, entries, texts = _detection(path.resolve(), reading)
+    folder = path.resolve()
+    if reading.format == "files":
+        return load_plain(folder)
+    now = time.time_ns()
+    found, entries, texts = _detection(folder, reading)
     if found.format == "files":
-        return load_plain(found.root)
+        # the plain reader's own cache, from this scan: a folder is listed once a call
+        sql = tuple(e[:4] for e in entries if "/" not in e.rel and e.rel.endswith(".sql"))
+        return load_scanned(found.root, sql, now)
     # goose's ENVSUB reads the environment: a changed variable is a changed migration
-    key = (found.root, reading, hash(frozenset(os.environ.items())))
+    env = hash(frozenset(os.environ.items())) if found.format == "goose" else 0
+    key = (found.root, reading, env)
     hit = _loaded.get(key)
     if hit is not None and _fresh(entries, hit[0]):
         return hit[1]

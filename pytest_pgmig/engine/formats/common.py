@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pytest_pgmig.engine.files import (
     MigrationFile,
@@ -35,14 +36,20 @@ class Reading:
 DEFAULT_READING = Reading()
 
 
-@dataclass(frozen=True)
-class Entry:
-    """A file under a migrations folder: its path relative to the folder, with ``/``."""
+class Entry(NamedTuple):
+    """A file under a migrations folder: its path relative to the folder (with ``/``), what
+    says whether it changed, and the folder (a tuple: listings compare fast, as the
+    up-to-date check compares one on every call)."""
 
     rel: str
-    path: Path
     mtime: int
     size: int
+    inode: int
+    root: Path
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.rel
 
     @property
     def name(self) -> str:
@@ -63,13 +70,13 @@ def listing(folder: Path) -> Listing:
     """Every file under `folder` down to a few levels, by relative path; dot names skipped."""
     found: list[Entry] = []
 
-    def walk(where: Path, prefix: str, depth: int) -> None:
+    def walk(where: str, prefix: str, depth: int) -> None:
         try:
             entries = list(os.scandir(where))
         except (FileNotFoundError, NotADirectoryError):
             if depth == 0:
                 raise MigrationError(
-                    f"Migrations folder {str(where)!r} does not exist or is not a folder.",
+                    f"Migrations folder {where!r} does not exist or is not a folder.",
                     hint="Create it, or point the option at the folder that holds your migrations.",
                 ) from None
             return
@@ -78,15 +85,14 @@ def listing(folder: Path) -> Listing:
                 continue
             if entry.is_dir():
                 if depth < _DEPTH:
-                    walk(Path(entry.path), f"{prefix}{entry.name}/", depth + 1)
+                    walk(entry.path, f"{prefix}{entry.name}/", depth + 1)
             elif entry.is_file():
                 stat = entry.stat()
-                found.append(
-                    Entry(f"{prefix}{entry.name}", Path(entry.path), stat.st_mtime_ns, stat.st_size)
-                )
+                rel = f"{prefix}{entry.name}"
+                found.append(Entry(rel, stat.st_mtime_ns, stat.st_size, stat.st_ino, folder))
 
-    walk(folder, "", 0)
-    return tuple(sorted(found, key=lambda e: e.rel))
+    walk(str(folder), "", 0)
+    return tuple(sorted(found))
 
 
 class Texts:

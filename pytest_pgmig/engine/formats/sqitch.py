@@ -15,8 +15,17 @@ _CHANGE = re.compile(r"^([+-]?)([^\s@#\[\]:]+)\s*(?:\[([^\]]*)\])?\s+\d{4}-\d\d-
 _TAG = re.compile(r"^@(\S+)\s")
 
 
+_TOP_DIR = re.compile(r"^\s*top_dir\s*=\s*(\S+)\s*$", re.MULTILINE)
+
+
 def root(folder: Path) -> Path | None:
-    """The sqitch project a folder belongs to: itself, or the parent of its ``deploy/``."""
+    """The sqitch project a folder belongs to: itself, the parent of its ``deploy/``, or the
+    ``top_dir`` its ``sqitch.conf`` names."""
+    conf = folder / "sqitch.conf"
+    if conf.is_file() and not (folder / PLAN).is_file():
+        top = _TOP_DIR.search(conf.read_text(encoding="utf-8", errors="replace"))
+        if top is not None and (folder / top.group(1) / PLAN).is_file():
+            return (folder / top.group(1)).resolve()
     for candidate in (folder, folder.parent):
         if (candidate / PLAN).is_file() and (candidate == folder or folder.name == "deploy"):
             return candidate
