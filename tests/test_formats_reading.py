@@ -102,7 +102,7 @@ def test_an_edited_down_section_is_not_an_edited_migration(tmp_path: Path) -> No
         ),
         (
             {"00001_a.sql": "-- +goose Up\nSELECT 1;\n", "01_b.sql": "-- +goose Up\nSELECT 1;\n"},
-            "00001_a.sql and 01_b.sql share version 1",
+            "01_b.sql: 00001_a.sql has the same version 1",
         ),
         (
             {"00001_a.sql": "-- +goose Up\nSELECT 1;\n", "00002_b.go": "package m\n"},

@@ -177,6 +177,18 @@ def _value(match: re.Match[str], *, env: Mapping[str, str], where: str) -> str:
     return value
 
 
+def claim(seen: dict[object, str], key: object, name: str, tool: str, version: str) -> None:
+    """Record `name` as the migration of version `key`; a second one is what each tool refuses."""
+    if key in seen:
+        raise failure(
+            f"{tool} migration {name}",
+            f"{seen[key]} has the same version {version}; {tool} would refuse the folder",
+            "Give each migration its own version.",
+            file=name,
+        )
+    seen[key] = name
+
+
 def failure(where: str, what: str, hint: str, *, file: str | None = None) -> MigrationError:
     """A folder or file the tool itself would refuse: where, what rule, and the fix."""
     return MigrationError(f"{where}: {what}", migration_file=file, hint=hint)

@@ -6,7 +6,14 @@ import re
 from pathlib import Path
 
 from pytest_pgmig.engine.files import MigrationFile, Script
-from pytest_pgmig.engine.formats.common import Listing, Texts, failure, keep_lines, migration
+from pytest_pgmig.engine.formats.common import (
+    Listing,
+    Texts,
+    claim,
+    failure,
+    keep_lines,
+    migration,
+)
 
 # as dbmate's own expressions: a marker at the very start of a line, options after it
 _MARKER = re.compile(r"^--\s*migrate:(up|down)(?=\s|$)(.*)$")
@@ -25,21 +32,14 @@ def detect(entries: Listing, texts: Texts) -> str | None:
 
 def load(entries: Listing, texts: Texts) -> list[MigrationFile]:
     """The folder's migrations in dbmate's order (file name); other files are ignored."""
-    found: dict[str, str] = {}
+    found: dict[object, str] = {}
     migrations = []
     for entry in entries:
         match = _FILE.fullmatch(entry.rel) if entry.top else None
         if match is None:
             continue
         version = match.group(1)
-        if version in found:
-            raise failure(
-                f"dbmate folder {entry.path.parent}",
-                f"{found[version]} and {entry.rel} share version {version}",
-                "Give each migration its own version.",
-                file=entry.rel,
-            )
-        found[version] = entry.rel
+        claim(found, version, entry.rel, "dbmate", version)
         migrations.append(_read(entry.rel, entry.path, texts(entry), version))
     return migrations
 

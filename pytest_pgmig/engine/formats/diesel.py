@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from pytest_pgmig.engine.files import MigrationFile, Script
-from pytest_pgmig.engine.formats.common import Entry, Listing, Texts, failure, migration
+from pytest_pgmig.engine.formats.common import Entry, Listing, Texts, claim, failure, migration
 
 # diesel records each migration in a table of its own, which some migrations use (a
 # trigger forbidding diesel's CLI): kept as diesel keeps it, beside the engine's tracking
@@ -31,7 +31,7 @@ def load(entries: Listing, texts: Texts) -> list[MigrationFile]:
     dashes), ``down.sql`` as its down, ``run_in_transaction = false`` honoured."""
     by_rel = {e.rel: e for e in entries}
     folders = sorted({e.rel.split("/", 1)[0] for e in entries if e.rel.count("/") == 1})
-    found: dict[str, str] = {}
+    found: dict[object, str] = {}
     migrations = []
     for folder in folders:
         up = by_rel.get(f"{folder}/up.sql")
@@ -43,14 +43,7 @@ def load(entries: Listing, texts: Texts) -> list[MigrationFile]:
                 file=folder,
             )
         version = folder.split("_", 1)[0].replace("-", "")
-        if version in found:
-            raise failure(
-                f"diesel migrations {up.path.parent.parent}",
-                f"{found[version]} and {folder} share version {version}",
-                "Give each migration folder its own version.",
-                file=folder,
-            )
-        found[version] = folder
+        claim(found, version, folder, "diesel", version)
         migrations.append(
             migration(
                 folder,

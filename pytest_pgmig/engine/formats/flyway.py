@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 
 from pytest_pgmig.engine.files import MigrationFile, Script, version_key
-from pytest_pgmig.engine.formats.common import Entry, Listing, Texts, failure, migration
+from pytest_pgmig.engine.formats.common import Entry, Listing, Texts, claim, failure, migration
 
 _NAME = re.compile(r"([VUR])(\d+(?:[._]\d+)*)?__(.+)\.sql")
 _PLACEHOLDER = re.compile(r"\$\{([^}\s]+)\}")
@@ -47,6 +47,7 @@ def load(
     versioned: dict[tuple[int, ...], tuple[Entry, str]] = {}
     undo: dict[tuple[int, ...], Entry] = {}
     repeatable: dict[str, Entry] = {}
+    names: dict[str, dict[object, str]] = {"V": {}, "U": {}}
     for entry in entries:
         match = _NAME.fullmatch(entry.name)
         if match is None:
@@ -61,9 +62,7 @@ def load(
             raise _refused(entry, f"a {kind} script needs a version ({kind}1__name.sql)")
         version = raw.replace("_", ".")
         key = version_key(version)
-        seen = undo.get(key) if kind == "U" else versioned.get(key, (None, ""))[0]
-        if seen is not None:
-            raise _refused(entry, f"{seen.rel} has the same version {version}")
+        claim(names[kind], key, entry.rel, "Flyway", version)
         if kind == "U":
             undo[key] = entry
         else:

@@ -11,6 +11,7 @@ from pytest_pgmig.engine.files import MigrationFile, Script
 from pytest_pgmig.engine.formats.common import (
     Listing,
     Texts,
+    claim,
     failure,
     keep_lines,
     migration,
@@ -43,6 +44,7 @@ class _Sections:
 def load(entries: Listing, texts: Texts) -> list[MigrationFile]:
     """The folder's migrations in goose's order: by version number, Go migrations refused."""
     found: dict[int, MigrationFile] = {}
+    names: dict[object, str] = {}
     for entry in entries:
         match = _VERSION.fullmatch(entry.rel) if entry.top else None
         if match is None or entry.rel.endswith("_test.go"):
@@ -58,13 +60,7 @@ def load(entries: Listing, texts: Texts) -> list[MigrationFile]:
                 "fixture of your own with goose's Go API.",
                 file=entry.rel,
             )
-        if version in found:
-            raise failure(
-                f"goose folder {entry.path.parent}",
-                f"{found[version].filename} and {entry.rel} share version {version}",
-                "Give each migration its own version number.",
-                file=entry.rel,
-            )
+        claim(names, version, entry.rel, "goose", str(version))
         found[version] = _read(entry.rel, entry.path, texts(entry))
     return [found[v] for v in sorted(found)]
 
