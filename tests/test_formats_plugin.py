@@ -270,3 +270,46 @@ def test_a_failing_migration_names_the_file_its_tool_keeps_it_in(
         "Fix the SQL in " + str(pytester.path / "migrations/20240102000000_posts/migration.sql")
         in text
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (
+            ["--pgmig-format=liquibase"],
+            {},
+            "invalid --pgmig-format value 'liquibase': choose one of auto, files, goose",
+        ),
+        ([], {"PGMIG_FORMAT": "Goose"}, None),
+        (
+            [],
+            {"PGMIG_PLACEHOLDERS": "owner"},
+            "invalid placeholder 'owner': write NAME=VALUE (from PGMIG_PLACEHOLDERS)",
+        ),
+        ([], {"PGMIG_PLACEHOLDERS": "owner=team-a; unused=x"}, None),
+    ],
+    ids=["bad-format", "env-format", "bad-placeholder", "env-placeholders"],
+)
+def test_format_and_placeholder_settings(
+    pytester: pytest.Pytester,
+    server_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
+    says: str | None,
+) -> None:
+    fset = SETS["flyway"] if "PGMIG_PLACEHOLDERS" in env else SETS["goose"]
+    monkeypatch.setenv("PGMIG_TEST_OWNER", "team-a")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    project(pytester, fset)
+    pytester.makeini(INI_ASYNC)  # the placeholders come from the environment alone
+    result = pytester.runpytest_subprocess(
+        "--pgmig-migrations=migrations", f"--pgmig-dsn={server_dsn}", "-k", "pgmig", *args
+    )
+    if says is not None:
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert says in result.stderr.str()
+        return
+    assert result.ret == 0, text_of(result)
+    result.assert_outcomes(passed=1, deselected=count_tests(fset))

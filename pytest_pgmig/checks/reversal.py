@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import asyncpg  # type: ignore[import-untyped]
+
 from pytest_pgmig.checks import accepted
 from pytest_pgmig.checks.snapshot import Difference, Snapshot, differences, explain
 from pytest_pgmig.checks.workspace import Workspace, file_failed
@@ -99,7 +101,7 @@ async def _verify(ws: Workspace, applier: Applier, file: MigrationFile, report: 
     )
     try:
         await ws.conn.execute(f"BEGIN; SET LOCAL search_path TO {path};{text}\n;")
-    except Exception as exc:
+    except asyncpg.PostgresError as exc:
         raise CheckFailed(
             f"{script.name} fails after {file.filename}: {type(exc).__name__}: {exc}\n"
             f"Fix {file.filename} so that it does what {script.name} checks, or fix "
