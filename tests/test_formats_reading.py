@@ -142,6 +142,13 @@ def test_an_edited_down_section_is_not_an_edited_migration(tmp_path: Path) -> No
         ({"sqitch.plan": "a 2024-01-01T00:00:00Z x <x@x>\n"}, "deploy/a.sql does not exist"),
         (
             {
+                "sqitch.plan": "a 2024-01-01T00:00:00Z x <x@x>\n",
+                "deploy/a.sql": "BEGIN;\n\\set n 3\nSELECT :n;\nCOMMIT;\n",
+            },
+            "deploy/a.sql line 2: \\set is a psql meta-command",
+        ),
+        (
+            {
                 "a.sql": "-- depends: b\nSELECT 1;",
                 "b.sql": "-- depends: a\nSELECT 1;",
                 "b.rollback.sql": "",
@@ -263,6 +270,8 @@ def test_only_a_missing_public_name_moves_a_set_to_a_database(
 def test_sqitch_is_found_through_the_top_dir_of_its_conf(tmp_path: Path) -> None:
     root = SETS["sqitch"].write(tmp_path / "api" / "deploy_db")
     (tmp_path / "api" / "sqitch.conf").write_text("[core]\n\tengine = pg\n\ttop_dir = deploy_db\n")
+    # a stale plan beside the conf is not the one sqitch reads
+    (tmp_path / "api" / "sqitch.plan").write_text("gone 2024-01-01T00:00:00Z x <x@x>\n")
     found = detect(tmp_path / "api")
     assert (found.format, found.root) == ("sqitch", root)
     assert load_migrations(tmp_path / "api")[0].filename == "users"

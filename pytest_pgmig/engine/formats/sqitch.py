@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pytest_pgmig.engine.files import MigrationFile, Script
 from pytest_pgmig.engine.formats.common import Listing, Texts, failure, migration
+from pytest_pgmig.engine.sqltext import line_of, split
 
 PLAN = "sqitch.plan"
 # a change: its name, optional [dependencies], then the planner's timestamp and name
@@ -22,7 +23,7 @@ def root(folder: Path) -> Path | None:
     """The sqitch project a folder belongs to: itself, the parent of its ``deploy/``, or the
     ``top_dir`` its ``sqitch.conf`` names."""
     conf = folder / "sqitch.conf"
-    if conf.is_file() and not (folder / PLAN).is_file():
+    if conf.is_file():  # sqitch reads its conf first: a plan beside it may be a stale copy
         top = _TOP_DIR.search(conf.read_text(encoding="utf-8", errors="replace"))
         if top is not None and (folder / top.group(1) / PLAN).is_file():
             return (folder / top.group(1)).resolve()
@@ -69,6 +70,7 @@ def load(entries: Listing, texts: Texts) -> list[MigrationFile]:
             entry = by_rel.get(f"{kind}/{change.name}.sql")
             if entry is not None:
                 scripts[kind] = Script(entry.rel, entry.path, texts(entry))
+        _no_psql(deploy.rel, texts(deploy))
         result.append(
             migration(
                 change.name,
@@ -80,6 +82,23 @@ def load(entries: Listing, texts: Texts) -> list[MigrationFile]:
             )
         )
     return result
+
+
+def _no_psql(name: str, text: str) -> None:
+    """Refuse a psql meta-command (``\\set``, ``\\i``): sqitch runs scripts through psql,
+    which reads them; the server, which pytest-pgmig sends scripts to, does not."""
+    for statement in split(text):
+        if text.startswith("\\", statement.start):
+            command = text[statement.start :].split(None, 1)[0]
+            line = line_of(text, statement.start)
+            raise failure(
+                f"sqitch script {name} line {line}",
+                f"{command} is a psql meta-command: sqitch runs its scripts through psql, "
+                "pytest-pgmig sends them to the server, which knows no such command",
+                "Write the line as SQL (a \\set variable as a literal, a \\i file inlined), or "
+                "apply this project in a fixture of your own through psql.",
+                file=name,
+            )
 
 
 def _changes(text: str, where: Path) -> list[_Change]:
