@@ -1,5 +1,6 @@
 """The engine's API on a tool's folder: a Flyway repeatable applied again when it changes,
 goose's sections through pgdbm's manager, and nothing else applied twice."""
+# ruff: noqa: F811  (pytest fixtures imported from engine_support are redefined as arguments)
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ async def test_a_changed_repeatable_is_applied_again_and_its_row_replaced(
     # an edited versioned script is still an error, as Flyway's validate says
     v1 = folder / "V1_1__owner.sql"
     v1.write_text(v1.read_text() + "\n-- edited\n")
-    with pytest.raises(MigrationError, match="'V1_1__owner.sql' has been modified"):
+    with pytest.raises(MigrationError, match=r"'V1_1__owner\.sql' has been modified"):
         await manager.apply_pending_migrations()
 
 
