@@ -34,8 +34,12 @@ class AutoIsolation:
     async def start(self) -> list[str]:
         return await self.schemas.start()
 
-    async def acquire(self, sets: Sets, *, spare: bool = False, lane: str = "") -> Slot:
-        if sets not in self._moved:
+    async def acquire(
+        self, sets: Sets, *, spare: bool = False, lane: str = "", database: bool = False
+    ) -> Slot:
+        if database:
+            await self._start_databases(None)
+        elif sets not in self._moved:
             try:
                 return await self.schemas.acquire(sets, spare=spare, lane=lane)
             except MigrationFailed as exc:
@@ -66,16 +70,22 @@ class AutoIsolation:
             raise MigrationFailed(self._refused.brief, self._refused.brief)
         return await self.databases.check(sets, procedure)
 
-    async def _start_databases(self, cause: MigrationFailed) -> None:
+    async def _start_databases(self, cause: MigrationFailed | None) -> None:
+        """Start database isolation for a set that moves (`cause`), or for tests that want a
+        database of their own (pgdbm's fixtures, no cause)."""
         if self._databases_started or self._refused is not None:
             return
         try:
             await self.databases.start()
         except CannotCreateDatabases as exc:
-            full = (
-                f"{cause.full}\npgmig: auto isolation would move this set to a database, but {exc}"
-            )
-            self._refused = MigrationFailed(full, f"{cause.brief}; and {exc}")
+            if cause is None:
+                self._refused = MigrationFailed(f"pgmig: {exc}", f"pgmig: {exc}")
+            else:
+                full = (
+                    f"{cause.full}\npgmig: auto isolation would move this set to a database, "
+                    f"but {exc}"
+                )
+                self._refused = MigrationFailed(full, f"{cause.brief}; and {exc}")
             raise self._refused from None
         self._databases_started = True
 

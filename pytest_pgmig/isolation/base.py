@@ -20,11 +20,20 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class MigrationSet:
     """One folder of migrations, the `<lib>` part of its module_name, and how to read it
-    (its format and placeholders)."""
+    (its format and placeholders).
+
+    `schema` and `table` say where a suite of its own applied it (a pgdbm manager bound to a
+    schema, another tracking table): under database isolation the set is applied there, so
+    that the suite's own call finds it applied. None: the place's own (the test's schema,
+    or `public` of a database) and the engine's table. A set without a module stands for
+    `schema` alone, made empty (a fixture's ``create_db(schema=...)``).
+    """
 
     module: str
     path: Path
     reading: Reading = DEFAULT_READING
+    schema: str | None = None
+    table: str | None = None
 
 
 Sets = tuple[MigrationSet, ...]
@@ -200,8 +209,11 @@ class Isolation(Protocol):
     async def start(self) -> list[str]:
         """Connect and reap what dead runs left; the names reaped."""
 
-    async def acquire(self, sets: Sets, *, spare: bool = False, lane: str = "") -> Slot:
-        """A clean migrated slot for `sets` (raises `MigrationFailed`)."""
+    async def acquire(
+        self, sets: Sets, *, spare: bool = False, lane: str = "", database: bool = False
+    ) -> Slot:
+        """A clean migrated slot for `sets` (raises `MigrationFailed`); with `database`, a
+        database of its own where the strategy can give one (pgdbm's fixtures' semantics)."""
 
     async def release(self, slot: Slot) -> None:
         """Give a slot back: it is reset in the background and serves a later test."""

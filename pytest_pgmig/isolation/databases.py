@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import asyncpg  # type: ignore[import-untyped]
 
 from pytest_pgmig.checks.workspace import Procedure, T, Workspace
 from pytest_pgmig.engine.apply import ApplyOptions
 from pytest_pgmig.engine.runner import Runner
+from pytest_pgmig.engine.templates import quote_identifier
 from pytest_pgmig.errors import CannotCreateDatabases, MigrationError, MigrationFailed
 from pytest_pgmig.isolation import dbreset, registry
 from pytest_pgmig.isolation.base import Context, PgmigSchema, Sets, Slot
@@ -85,7 +87,9 @@ class DatabaseIsolation(ControlSession):
         self._lease = await registry.take_lease(self._conn)
         return await registry.reap(self._conn)
 
-    async def acquire(self, sets: Sets, *, spare: bool = False, lane: str = "") -> Slot:
+    async def acquire(
+        self, sets: Sets, *, spare: bool = False, lane: str = "", database: bool = True
+    ) -> Slot:
         """A clean copy of the set's template database; the template is made on first use."""
         pool = self._pools.setdefault((lane, sets), SetPool())
         slot = await pool.take()
@@ -175,14 +179,24 @@ class DatabaseIsolation(ControlSession):
         applied = 0
         try:
             for mset in sets:
+                if not mset.module:  # a schema a suite's fixture makes for its manager
+                    await conn.execute(
+                        f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(mset.schema or PUBLIC)}"
+                    )
+                    continue
                 # public first on search_path, as a new database has it; the tracking table
-                # named with its schema, so a file that empties search_path (pg_dump) works
+                # named with its schema, so a file that empties search_path (pg_dump) works;
+                # a set a suite applies through a manager bound to a schema goes there, with
+                # public after it, as pgdbm's managers set search_path
+                options = _AS_WRITTEN
+                if mset.schema not in (None, PUBLIC):
+                    options = dataclasses.replace(options, search_path=(PUBLIC,))
                 runner = Runner(
-                    PUBLIC,
+                    mset.schema or PUBLIC,
                     mset.path,
                     mset.module,
-                    table=TRACKING_TABLE,
-                    options=_AS_WRITTEN,
+                    table=mset.table or TRACKING_TABLE,
+                    options=options,
                     reading=mset.reading,
                 )
                 try:

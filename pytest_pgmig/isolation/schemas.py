@@ -97,8 +97,11 @@ class SchemaIsolation(ControlSession):
         self._lease = await registry.take_lease(self._conn)
         return await registry.reap(self._conn)
 
-    async def acquire(self, sets: Sets, *, spare: bool = False, lane: str = "") -> Slot:
-        """A clean migrated schema for `sets`: a reset one if any is ready, else a new one.
+    async def acquire(
+        self, sets: Sets, *, spare: bool = False, lane: str = "", database: bool = False
+    ) -> Slot:
+        """A clean migrated schema for `sets`: a reset one if any is ready, else a new one
+        (`database` is not for this strategy to give: `--pgmig-isolation=schema` was asked).
 
         With `spare`, one more schema is kept in preparation in the background, so that a
         test's schema can be reset off the next test's path.

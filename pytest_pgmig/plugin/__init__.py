@@ -5,11 +5,13 @@ from __future__ import annotations
 import secrets
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pytest_pgmig.compat.suites import SUITES
 from pytest_pgmig.engine import formats, lockfile
 from pytest_pgmig.errors import MigrationError
 from pytest_pgmig.isolation.base import MigrationSet, PgmigSchema
@@ -207,6 +209,41 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if state is None:
         return
     session.items[:0] = checks.items(session, state.settings)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    # a test module importing pgdbm's fixtures by name gets ours once a conftest switched:
+    # replaced before the module's fixtures are read (an import error is left to collect())
+    if isinstance(collector, pytest.Module) and "pytest_pgmig.pgdbm_fixtures" in sys.modules:
+        from pytest_pgmig.compat import imports
+
+        try:
+            module = collector.obj
+        except Exception:  # collect() reports it, as pytest always does
+            pass
+        else:
+            imports.adopt(module)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    # what a pgdbm suite's set-up applied is learned when its body starts
+    suites = item.config.stash.get(SUITES, None)
+    if suites is not None:
+        suites.setup_done(item)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    try:
+        return (yield)
+    finally:
+        suites = item.config.stash.get(SUITES, None)
+        if suites is not None:
+            suites.end(item)
 
 
 @pytest.hookimpl(wrapper=True)

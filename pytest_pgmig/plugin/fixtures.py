@@ -96,16 +96,24 @@ def pgmig_schema(request: pytest.FixtureRequest, pgmig_server: ServerInfo) -> It
 
 @contextlib.contextmanager
 def isolated_schema(
-    request: pytest.FixtureRequest, server: ServerInfo, sets: Sets, *, scope: str
+    request: pytest.FixtureRequest,
+    server: ServerInfo,
+    sets: Sets,
+    *,
+    scope: str,
+    database: bool = False,
 ) -> Iterator[PgmigSchema]:
-    """A clean migrated schema of `sets` for the requesting test, given back (reset, or kept
-    under --pgmig-keep when the test failed) when the block ends."""
+    """A clean migrated schema of `sets` for the requesting test (with `database`, a
+    database of its own where the isolation can give one), given back (reset, or kept under
+    --pgmig-keep when the test failed) when the block ends."""
     state = state_of(request.config)
     started = time.perf_counter()
     isolation = state.isolation_on(server)
     try:
         # worker scope: the worker's schema, in a pool of its own
-        slot = state.call(isolation.acquire(sets, spare=scope == "test", lane=scope))
+        slot = state.call(
+            isolation.acquire(sets, spare=scope == "test", lane=scope, database=database)
+        )
     except MigrationFailed as exc:
         fail_test(str(exc))
     isolation.stats.setup_s.append(time.perf_counter() - started)
