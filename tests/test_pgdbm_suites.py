@@ -294,3 +294,40 @@ def test_a_factory_database_migrated_in_a_schema_is_served_too(
     # calls found it done (a worker may have had one test only)
     applied = int(text.split("migrations applied: ")[1].split()[0])
     assert applied in ((20, 40) if xdist else (20,)), text
+
+
+def test_a_set_up_that_stops_migrating_is_caught(
+    pytester: pytest.Pytester, server_dsn: str
+) -> None:
+    project(pytester)
+    pytester.makepyfile(
+        test_stop="""
+        import pytest
+        import pytest_asyncio
+        from conftest import MIGRATIONS
+        from pgdbm import AsyncMigrationManager
+
+        pytestmark = pytest.mark.asyncio
+        CALLS = []
+
+
+        @pytest_asyncio.fixture
+        async def sometimes(test_db):
+            if not CALLS:  # only the first test's set-up migrates
+                manager = AsyncMigrationManager(test_db, migrations_path=str(MIGRATIONS))
+                CALLS.append(await manager.apply_pending_migrations())
+            yield test_db
+
+
+        @pytest.mark.parametrize("i", range(3))
+        async def test_sometimes(sometimes, i):
+            assert await sometimes.table_exists("t20") == (i == 0)
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:randomly", f"--pgmig-dsn={server_dsn}", "test_stop.py"
+    )
+    # the second test's database was served the first one's migrations, which its set-up
+    # no longer applied: it fails saying so; the third gets an empty database
+    result.assert_outcomes(passed=2, failed=1)
+    assert "but this test's set-up did not apply them" in text_of(result)
