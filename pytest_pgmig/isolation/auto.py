@@ -37,6 +37,8 @@ class AutoIsolation:
     async def acquire(
         self, sets: Sets, *, spare: bool = False, lane: str = "", database: bool = False
     ) -> Slot:
+        # an Alembic history runs where Alembic put it: a database (schemas come later)
+        database = database or any(m.reading.format == Context.ALEMBIC for m in sets)
         if database:
             await self._start_databases(None)
         elif sets not in self._moved:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -85,12 +85,17 @@ class Context:
     migrated with no folder.
     """
 
+    ALEMBIC = "alembic"  # the `Reading.format` of an Alembic history (its path: alembic.ini)
+
     admin_dsn: str
     run: str
     worker: str
     statement_timeout: float = 60.0
     module_default: str = "app"
     own_server: bool = False
+    # ``VAR=TEMPLATE`` settings Alembic runs with, and the conftest hook adjusting its Config
+    alembic_env: tuple[tuple[str, str], ...] = ()
+    alembic_hook: Callable[[Any, Any], None] | None = None
 
 
 @dataclass

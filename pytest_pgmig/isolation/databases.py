@@ -13,7 +13,7 @@ from pytest_pgmig.engine.runner import Runner
 from pytest_pgmig.engine.templates import quote_identifier
 from pytest_pgmig.errors import CannotCreateDatabases, MigrationError, MigrationFailed
 from pytest_pgmig.isolation import dbreset, registry
-from pytest_pgmig.isolation.base import Context, PgmigSchema, Sets, Slot
+from pytest_pgmig.isolation.base import Context, MigrationSet, PgmigSchema, Sets, Slot
 from pytest_pgmig.isolation.cluster import ClusterCheck
 from pytest_pgmig.isolation.migrate import migration_failed
 from pytest_pgmig.isolation.pool import ControlSession, SetPool
@@ -179,6 +179,9 @@ class DatabaseIsolation(ControlSession):
         applied = 0
         try:
             for mset in sets:
+                if mset.reading.format == Context.ALEMBIC:
+                    applied += await self._alembic(database, mset, keep=conn.get_server_pid())
+                    continue
                 if not mset.module:  # a schema a suite's fixture makes for its manager
                     await conn.execute(
                         f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(mset.schema or PUBLIC)}"
@@ -208,6 +211,30 @@ class DatabaseIsolation(ControlSession):
             # the template must have no session left, or it cannot be copied
             await close_or_terminate(conn)
         return applied, state
+
+    async def _alembic(self, database: str, mset: MigrationSet, *, keep: int) -> int:
+        """Apply an Alembic history to `database` with Alembic itself (once per set and
+        process: the template); the sessions its env.py left there (all but `keep`, ours)
+        are ended, or the template could not be copied."""
+        from pytest_pgmig.alembic.target import Target
+        from pytest_pgmig.alembic.upgrade import upgrade
+
+        target = Target.from_dsn(with_database(self.context.admin_dsn, database))
+        context = self.context
+        try:
+            revisions = await asyncio.to_thread(
+                upgrade, mset.path, target, context.alembic_env, context.alembic_hook
+            )
+        except MigrationError as exc:
+            raise migration_failed(mset, exc) from None
+        finally:
+            await self.conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> $2",
+                database,
+                keep,
+            )
+        return revisions
 
     async def _migrating_session(self, database: str) -> asyncpg.Connection:
         settings = {

@@ -98,7 +98,9 @@ def migration_failed(mset: MigrationSet, problem: MigrationError) -> MigrationFa
     """Turn an engine error into a test failure: the full text, and a brief one."""
     filename = problem.migration_file or "?"
     error = str(problem).strip()
-    where = f"{mset.path}/{filename}" if filename != "?" else str(mset.path)
+    # an Alembic history's path is its alembic.ini, its files are named from its folder
+    base = mset.path.parent if mset.path.is_file() else mset.path
+    where = f"{base}/{filename}" if filename != "?" else str(mset.path)
     full = f"pgmig: migration {where} failed (module {mset.module}):\n{error}"
     first_line = error.splitlines()[0] if error else "failed"
     brief = (

@@ -48,11 +48,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_pgmig.plugin import hooks
+
+    pluginmanager.add_hookspecs(hooks)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "pgmig(migrations=None, module=None, scope=None): override pytest-pgmig's migrations "
-        "folder, module name or scope for the marked tests",
+        "pgmig(migrations=None, module=None, scope=None, format=None): override pytest-pgmig's "
+        "migrations folder, module name, scope or format for the marked tests",
     )
     opts = settings.resolve(config)
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
@@ -149,6 +155,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def _format(mset: MigrationSet, opts: settings.Settings) -> str:
     """How a set is read, for the header: nothing for plain files found as such."""
+    if mset.reading.format == "alembic":
+        return " (alembic)"
     try:
         found = formats.detect(mset.path, mset.reading)
     except MigrationError:

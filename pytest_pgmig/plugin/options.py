@@ -72,6 +72,15 @@ OPTIONS = (
         type=settings.module_type,
     ),
     Option(
+        "alembic",
+        "an Alembic history applied with `upgrade heads`: its alembic.ini, or the folder "
+        "holding it; repeat for several, as PATH or NAME=PATH",
+        "Alembic histories, one alembic.ini (or folder) PATH or NAME=PATH a line",
+        metavar="PATH",
+        append=True,
+        ini_type="linelist",
+    ),
+    Option(
         "format",
         "how a migrations folder is read: auto (default) detects the tool from its files; "
         "files, goose, dbmate, prisma, diesel, flyway, sqitch or yoyo name it",
@@ -153,6 +162,13 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("pgmig", "throwaway migrated PostgreSQL schemas (pytest-pgmig)")
     for option in OPTIONS:
         option.add(group, parser)
+    parser.addini(
+        "pgmig_alembic_env",
+        "VAR=TEMPLATE a line, set while Alembic runs; TEMPLATE may hold {url}, {url:DRIVER}, "
+        "{host}, {port}, {user}, {password}, {database}, {schema} (env PGMIG_ALEMBIC_ENV, "
+        ";-separated)",
+        type="linelist",
+    )
     parser.addini(
         "pgmig_placeholders",
         "NAME=VALUE a line: values of Flyway-style ${NAME} placeholders in migrations "

@@ -55,6 +55,9 @@ class Settings:
     check_down: Setting[bool] = field(default_factory=lambda: Setting(True, "default"))
     check_idempotent: Setting[bool] = field(default_factory=lambda: Setting(False, "default"))
     format: Setting[str] = field(default_factory=lambda: Setting("auto", "default"))
+    alembic_env: Setting[tuple[tuple[str, str], ...]] = field(
+        default_factory=lambda: Setting((), "default")
+    )
     placeholders: Setting[tuple[tuple[str, str], ...]] = field(
         default_factory=lambda: Setting((), "default")
     )
@@ -191,6 +194,8 @@ def check_migrations_folder(
     path: Path, *, source: str, reading: formats.Reading = formats.DEFAULT_READING
 ) -> formats.Detection:
     """Fail with the fix when a configured migrations folder cannot serve; its format."""
+    if reading.format == "alembic":
+        return _check_alembic(path, source)
     where = f"pgmig migrations folder {str(path)!r} (from {source})"
     if not path.exists():
         raise pytest.UsageError(
@@ -218,6 +223,23 @@ def check_migrations_folder(
             "or point the option at the folder that holds them."
         )
     return found
+
+
+def _check_alembic(ini: Path, source: str) -> formats.Detection:
+    """An Alembic history's ``alembic.ini`` must be there, and Alembic installed."""
+    where = f"pgmig Alembic history {str(ini)!r} (from {source})"
+    if not ini.is_file():
+        raise pytest.UsageError(
+            f"{where} does not exist: point --pgmig-alembic at your alembic.ini, or the folder "
+            "that holds it."
+        )
+    try:
+        import alembic  # noqa: F401
+    except ImportError:
+        raise pytest.UsageError(
+            f"{where}: Alembic is not installed. Install it: pip install 'pytest-pgmig[alembic]'."
+        ) from None
+    return formats.Detection("alembic", ini.name, ini.parent)
 
 
 def _ini_source(config: pytest.Config) -> str:
@@ -251,9 +273,20 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> 
     sources = _Sources(config, os.environ if environ is None else environ)
     module = sources.pick("pgmig_module", module_type, None)
     fmt = sources.pick("pgmig_format", format_type, "auto")
-    placeholders = _resolve_placeholders(sources)
+    placeholders = _resolve_pairs(sources, "pgmig_placeholders")
     reading = formats.Reading(fmt.value, placeholders.value)
-    migrations = _checked_migrations(_resolve_migrations(sources, reading), module)
+    migrations = _resolve_migrations(sources, reading)
+    alembic = _resolve_migrations(sources, formats.Reading("alembic"), "pgmig_alembic")
+    alembic = Setting(
+        tuple(dataclasses.replace(m, path=_alembic_ini(m.path)) for m in alembic.value),
+        alembic.source,
+    )
+    if alembic.value:
+        source = migrations.source if migrations.value else alembic.source
+        if migrations.value and alembic.source != migrations.source:
+            source = f"{migrations.source}, {alembic.source}"
+        migrations = Setting(migrations.value + alembic.value, source)
+    migrations = _checked_migrations(migrations, module)
     keep = Setting(False, "default")
     if config.getoption("pgmig_keep"):
         keep = Setting(True, "cli")
@@ -276,6 +309,7 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> 
         check_idempotent=sources.pick("pgmig_check_idempotent", switch_type, False),
         format=fmt,
         placeholders=placeholders,
+        alembic_env=_resolve_pairs(sources, "pgmig_alembic_env"),
     )
 
 
@@ -305,17 +339,19 @@ def _checked_migrations(
     return migrations
 
 
-def _resolve_placeholders(sources: _Sources) -> Setting[tuple[tuple[str, str], ...]]:
-    raw = sources.env.get("PGMIG_PLACEHOLDERS", "")
+def _alembic_ini(path: Path) -> Path:
+    return path / "alembic.ini" if path.is_dir() else path
+
+
+def _resolve_pairs(sources: _Sources, name: str) -> Setting[tuple[tuple[str, str], ...]]:
+    """`NAME=VALUE` pairs: env (`;`-separated), else ini lines (`pgmig_placeholders`,
+    `pgmig_alembic_env`)."""
+    raw = sources.env.get(name.upper(), "")
     if raw.strip():
-        return Setting(
-            _convert(placeholders_type, raw, "PGMIG_PLACEHOLDERS"), "env PGMIG_PLACEHOLDERS"
-        )
-    lines = sources.config.getini("pgmig_placeholders")
+        return Setting(_convert(placeholders_type, raw, name.upper()), f"env {name.upper()}")
+    lines = sources.config.getini(name)
     if lines:
-        return Setting(
-            _convert(placeholders_type, "\n".join(lines), "pgmig_placeholders"), sources.ini
-        )
+        return Setting(_convert(placeholders_type, "\n".join(lines), name), sources.ini)
     return Setting((), "default")
 
 
@@ -336,8 +372,9 @@ def _convert(convert: Any, raw: str, where: str) -> Any:
 
 
 def _resolve_migrations(
-    sources: _Sources, reading: formats.Reading
+    sources: _Sources, reading: formats.Reading, name: str = "pgmig_migrations"
 ) -> Setting[tuple[MigrationSet, ...]]:
+    """The sets of `--pgmig-migrations` (or `--pgmig-alembic`, with `name`), CLI first."""
     config, env = sources.config, sources.env
     rootdir = config.inipath.parent if config.inipath is not None else config.rootpath
     cwd = Path(config.invocation_params.dir)
@@ -346,16 +383,16 @@ def _resolve_migrations(
         try:
             return Setting(tuple(parse_migration_spec(s, base, reading) for s in specs), source)
         except BadValue as exc:
-            raise pytest.UsageError(f"pgmig migrations: {exc} (from {source})") from None
+            raise pytest.UsageError(f"{name}: {exc} (from {source})") from None
 
-    cli: list[str] | None = config.getoption("pgmig_migrations")
+    cli: list[str] | None = config.getoption(name)
     if cli:
         return parse_all(cli, cwd, "cli")
-    raw_env = env.get("PGMIG_MIGRATIONS", "").strip()
+    raw_env = env.get(name.upper(), "").strip()
     if raw_env:
         specs = [s for s in raw_env.split(os.pathsep) if s.strip()]
-        return parse_all(specs, cwd, "env PGMIG_MIGRATIONS")
-    lines = [line.strip() for line in config.getini("pgmig_migrations") if line.strip()]
+        return parse_all(specs, cwd, f"env {name.upper()}")
+    lines = [line.strip() for line in config.getini(name) if line.strip()]
     if lines:
         return parse_all(lines, rootdir, sources.ini)
     return Setting((), "default")

@@ -144,6 +144,10 @@ class PgmigState:
             fail_test(self.server_error)
         return self.info
 
+    def _alembic_hook(self, config: Any, target: Any) -> None:
+        """The conftests' `pytest_pgmig_alembic_config` hook, before an Alembic run."""
+        self.config.hook.pytest_pgmig_alembic_config(config=config, target=target)
+
     def isolation_on(self, info: ServerInfo) -> Isolation:
         """This process's isolation on `info` (the `pgmig_server` fixture's value), made on
         first use."""
@@ -162,6 +166,8 @@ class PgmigState:
             statement_timeout=opts.statement_timeout.value,
             module_default=first or opts.module.value or "app",
             own_server=info.source != "dsn" or opts.ddl_log.value,
+            alembic_env=opts.alembic_env.value,
+            alembic_hook=self._alembic_hook,
         )
         strategies: dict[str, Callable[[Context], Isolation]] = {
             "auto": AutoIsolation,

@@ -1,0 +1,1 @@
+"""Alembic histories as migration sets: applied with Alembic's own command API."""

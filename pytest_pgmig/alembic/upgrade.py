@@ -1,0 +1,133 @@
+"""``alembic upgrade heads`` into a target with Alembic's command API, ``env.py`` untouched."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pytest_pgmig.alembic.target import Target, render
+from pytest_pgmig.errors import MigrationError
+
+INI = "alembic.ini"
+# env.py reads settings from the environment; one run sets them at a time
+_ENV_LOCK = threading.Lock()
+
+Adjust = Callable[[Any, Target], None]
+
+
+def upgrade(
+    ini: Path, target: Target, env: Sequence[tuple[str, str]], adjust: Adjust | None = None
+) -> int:
+    """Apply every head of the history of `ini` to `target`; the number of revisions.
+
+    Each ``VAR=TEMPLATE`` of `env` is set in the environment while Alembic runs (see
+    `pytest_pgmig.alembic.target.render`), the ini's ``sqlalchemy.url`` points at `target`
+    with the driver it named, ``config.attributes["connection"]`` holds a connection there
+    when a synchronous driver is installed, and `adjust(config, target)` may change the rest.
+    Run it once per history and process: applications cache their settings per process.
+    """
+    command, config_type, script_type = _alembic()
+    config = config_type(str(ini))
+    config.set_main_option("sqlalchemy.url", _url(config, target).replace("%", "%%"))
+    if adjust is not None:
+        adjust(config, target)
+    with _environment(env, target):
+        try:
+            with _connection(target) as connection:
+                if connection is not None:
+                    config.attributes["connection"] = connection
+                command.upgrade(config, "heads")
+        except Exception as exc:
+            raise _failed(ini, config, exc) from None
+    return sum(1 for _ in script_type.from_config(config).walk_revisions())
+
+
+def _alembic() -> tuple[Any, Any, Any]:
+    try:
+        from alembic import command
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+    except ImportError:
+        raise MigrationError(
+            "pytest-pgmig applies Alembic histories with Alembic, which is not installed.",
+            hint="Install it: pip install 'pytest-pgmig[alembic]'.",
+        ) from None
+    return command, Config, ScriptDirectory
+
+
+def _url(config: Any, target: Target) -> str:
+    """The target's URL, with the driver the ini's own ``sqlalchemy.url`` named."""
+    try:
+        current = config.get_main_option("sqlalchemy.url") or ""
+    except configparser.InterpolationError:
+        current = ""
+    scheme = current.split("://", 1)[0]
+    driver = scheme.split("+", 1)[1] if "+" in scheme else None
+    return target.url(driver)
+
+
+@contextmanager
+def _environment(env: Sequence[tuple[str, str]], target: Target) -> Iterator[None]:
+    with _ENV_LOCK:
+        saved = {name: os.environ.get(name) for name, _ in env}
+        os.environ.update({name: render(template, target) for name, template in env})
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+@contextmanager
+def _connection(target: Target) -> Iterator[Any]:
+    """A SQLAlchemy connection to the target, committed at the end, for ``env.py`` files
+    that take ``config.attributes["connection"]``; None without a synchronous driver."""
+    try:
+        import sqlalchemy
+    except ImportError:
+        yield None
+        return
+    for driver, module in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        engine = sqlalchemy.create_engine(target.url(driver), poolclass=sqlalchemy.pool.NullPool)
+        try:
+            # not begun: env.py's context then runs the transactions itself, so that an
+            # autocommit_block() (CREATE INDEX CONCURRENTLY) can end them
+            with engine.connect() as connection:
+                yield connection
+                connection.commit()
+        finally:
+            engine.dispose()
+        return
+    yield None
+
+
+def _failed(ini: Path, config: Any, exc: Exception) -> MigrationError:
+    """The failure, naming the revision file it happened in when the traceback shows it."""
+    script = str(Path(ini.parent, str(config.get_main_option("script_location") or "")).resolve())
+    revision = None
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        name = frame.filename
+        if name.startswith(script + os.sep) and not name.endswith(f"{os.sep}env.py"):
+            revision = name
+            break
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = f" in {revision}" if revision else ""
+    return MigrationError(
+        f"Alembic upgrade of {ini} failed{where}: {type(exc).__name__}: {first}",
+        migration_file=os.path.relpath(revision, ini.parent) if revision else INI,
+        sql_error=str(exc),
+        hint="Fix the revision (or env.py) and run the tests again.",
+    )

@@ -1,0 +1,158 @@
+"""Alembic projects of our own, in the shapes real projects' env.py files have."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+INI = """\
+[alembic]
+script_location = %(here)s/migrations
+sqlalchemy.url = {url}
+
+[loggers]
+keys = root
+
+[handlers]
+keys =
+
+[formatters]
+keys =
+
+[logger_root]
+level = WARN
+handlers =
+"""
+
+# the most common shape: env.py builds its engine from the application's settings, read from
+# an environment variable, and ignores the ini's URL
+ENV_SYNC = """\
+import os
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+target_metadata = None
+
+
+def run_migrations_online():
+    engine = create_engine(os.environ["DATABASE_URL"], poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+run_migrations_online()
+"""
+
+# an async env.py on asyncpg (on a TCP server its URL may also be put together from separate
+# POSTGRES_* variables: {host} names the server's socket folder otherwise)
+ENV_ASYNC = """\
+import asyncio
+import os
+
+from alembic import context
+from sqlalchemy import pool
+from sqlalchemy.ext.asyncio import create_async_engine
+
+target_metadata = None
+
+
+def url():
+    return os.environ["ASYNC_DATABASE_URL"]
+
+
+def do_run_migrations(connection):
+    context.configure(connection=connection, target_metadata=target_metadata)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_async_migrations():
+    engine = create_async_engine(url(), poolclass=pool.NullPool)
+    async with engine.connect() as connection:
+        await connection.run_sync(do_run_migrations)
+    await engine.dispose()
+
+
+asyncio.run(run_async_migrations())
+"""
+
+REVISION_1 = '''\
+"""users, searched by trigram"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "a1"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    op.create_table(
+        "users",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.Text, nullable=False),
+    )
+    op.execute("CREATE INDEX users_name_trgm ON users USING gin (name gin_trgm_ops)")
+
+
+def downgrade():
+    op.drop_table("users")
+'''
+
+REVISION_2 = '''\
+"""items, with a seed row"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "b2"
+down_revision = "a1"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    items = op.create_table(
+        "items",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("title", sa.Text, nullable=False),
+    )
+    op.bulk_insert(items, [{"id": 1, "title": "seed"}])
+    with op.get_context().autocommit_block():
+        op.execute("CREATE INDEX CONCURRENTLY items_title ON items (title)")
+
+
+def downgrade():
+    op.drop_table("items")
+'''
+
+TESTS = """
+import psycopg
+import pytest
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_the_history_is_applied_and_reset(pgmig_dsn, n):
+    with psycopg.connect(pgmig_dsn) as conn:
+        assert conn.execute("SELECT title FROM items").fetchall() == [("seed",)]
+        conn.execute("INSERT INTO users (name) VALUES ('ada'), ('adam')")
+        assert conn.execute("SELECT count(*) FROM users WHERE name % 'ada'").fetchone()[0] == 2
+        conn.execute("INSERT INTO items (id, title) VALUES (2, 'mine')")
+        version = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+        assert version == "b2"
+"""
+
+
+def write_project(root: Path, env_py: str, *, url: str = "driver://user:pass@localhost/db") -> Path:
+    """An Alembic project under `root`; its alembic.ini."""
+    versions = root / "migrations" / "versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    (root / "migrations" / "env.py").write_text(env_py)
+    (versions / "a1_users.py").write_text(REVISION_1)
+    (versions / "b2_items.py").write_text(REVISION_2)
+    ini = root / "alembic.ini"
+    ini.write_text(INI.format(url=url))
+    return ini

@@ -1,0 +1,126 @@
+"""Alembic histories through --pgmig-alembic: env.py shapes, drivers, where they land."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from alembic_projects import ENV_ASYNC, ENV_SYNC, TESTS, write_project
+from plugin_support import INI_ASYNC, sql
+from reliability_support import text_of
+
+from pytest_pgmig.alembic.target import Target, render
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+SYNC_ENV = "pgmig_alembic_env = DATABASE_URL={url:psycopg}\n"
+ASYNC_ENV = "pgmig_alembic_env =\n    ASYNC_DATABASE_URL={url:asyncpg}\n    UNUSED={host}\n"
+
+
+def project(pytester: pytest.Pytester, env_py: str, ini: str) -> None:
+    write_project(pytester.path / "db", env_py)
+    pytester.makepyfile(test_app=textwrap.dedent(TESTS))
+    pytester.makeini(INI_ASYNC + ini)
+
+
+@pytest.mark.parametrize("shape", ["sync env.py on psycopg", "async env.py on asyncpg"])
+@pytest.mark.parametrize("mode", ["dsn, -n 2, scope test", "embedded, serial, scope worker"])
+def test_an_alembic_history_is_applied_once_and_reset_between_tests(
+    pytester: pytest.Pytester, request: pytest.FixtureRequest, shape: str, mode: str
+) -> None:
+    sync = shape.startswith("sync")
+    project(pytester, ENV_SYNC if sync else ENV_ASYNC, SYNC_ENV if sync else ASYNC_ENV)
+    args = ["--pgmig-alembic=db", "-p", "no:randomly"]
+    dsn = None
+    if mode.startswith("dsn"):
+        dsn = request.getfixturevalue("fresh_database")
+        args += ["-n", "2", f"--pgmig-dsn={dsn}"]
+    else:
+        request.getfixturevalue("run_base")
+        args.append("--pgmig-scope=worker")
+    result = pytester.runpytest_subprocess(*args)
+    assert result.ret == 0, text_of(result)
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(
+        ["pgmig: server *; migrations *=db/alembic.ini (alembic) [[]cli[]]*"]
+    )
+    if dsn is not None:
+        # applied in databases of the run's own: nothing in the user's
+        assert sql(dsn, "SELECT to_regclass('public.items')") == [(None,)]
+
+
+def test_the_ini_url_and_the_connection_attribute_reach_the_target(
+    pytester: pytest.Pytester, server_dsn: str
+) -> None:
+    # env.py files that read the ini's URL, or take config.attributes["connection"]
+    env_py = """\
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+config = context.config
+connection = config.attributes.get("connection")
+if connection is None:
+    engine = engine_from_config(config.get_section(config.config_ini_section), poolclass=pool.NullPool)
+    connection = engine.connect()
+context.configure(connection=connection, target_metadata=None)
+with context.begin_transaction():
+    context.run_migrations()
+"""
+    project(pytester, env_py, "")
+    result = pytester.runpytest_subprocess("--pgmig-alembic=db", f"--pgmig-dsn={server_dsn}")
+    assert result.ret == 0, text_of(result)
+    result.assert_outcomes(passed=4)
+
+
+def test_a_failing_revision_is_a_failed_test_naming_its_file(
+    pytester: pytest.Pytester, server_dsn: str
+) -> None:
+    project(pytester, ENV_SYNC, SYNC_ENV)
+    revision = pytester.path / "db" / "migrations" / "versions" / "b2_items.py"
+    revision.write_text(
+        revision.read_text().replace('"items",', '"items", sa.Column("x", sa.Nope),')
+    )
+    result = pytester.runpytest_subprocess("--pgmig-alembic=db", f"--pgmig-dsn={server_dsn}")
+    assert result.ret == 1
+    text = text_of(result)
+    assert "Alembic upgrade of" in text and "AttributeError" in text
+    assert "db/migrations/versions/b2_items.py failed (module" in text
+
+
+def test_a_missing_alembic_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_app="def test_x(pgmig_dsn):\n    pass\n")
+    result = pytester.runpytest_subprocess("--pgmig-alembic=nowhere")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "pgmig Alembic history" in result.stderr.str()
+    assert "does not exist: point --pgmig-alembic at your alembic.ini" in result.stderr.str()
+
+
+def test_the_conftest_hook_adjusts_the_config(pytester: pytest.Pytester, server_dsn: str) -> None:
+    # an env.py that reads an application settings object the hook provides
+    env_py = ENV_SYNC.replace(
+        'os.environ["DATABASE_URL"]', 'context.config.attributes["app_settings"]["url"]'
+    )
+    project(pytester, env_py, "")
+    pytester.makeconftest(
+        """
+        def pytest_pgmig_alembic_config(config, target):
+            config.attributes["app_settings"] = {"url": target.url("psycopg")}
+        """
+    )
+    result = pytester.runpytest_subprocess("--pgmig-alembic=db", f"--pgmig-dsn={server_dsn}")
+    assert result.ret == 0, text_of(result)
+    result.assert_outcomes(passed=4)
+
+
+def test_templates_render_every_placeholder() -> None:
+    target = Target("db.local", 5433, "app", "s3cr:t", "test_1", schema="s1")
+    assert render("{url}", target) == "postgresql://app:s3cr%3At@db.local:5433/test_1"
+    assert render("{url:asyncpg}", target).startswith("postgresql+asyncpg://app:")
+    assert render("{host}:{port}/{database}?{user}&{password}&{schema}", target) == (
+        "db.local:5433/test_1?app&s3cr:t&s1"
+    )
+    socket = Target.from_dsn("postgresql://postgres@/postgres?host=%2Fdev%2Fshm%2Fpg&port=5432")
+    assert socket.url("psycopg") == (
+        "postgresql+psycopg://postgres@/postgres?host=%2Fdev%2Fshm%2Fpg&port=5432"
+    )
+    assert render("{host}", socket) == "/dev/shm/pg"
