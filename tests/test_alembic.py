@@ -60,7 +60,8 @@ from sqlalchemy import engine_from_config, pool
 config = context.config
 connection = config.attributes.get("connection")
 if connection is None:
-    engine = engine_from_config(config.get_section(config.config_ini_section), poolclass=pool.NullPool)
+    section = config.get_section(config.config_ini_section)
+    engine = engine_from_config(section, poolclass=pool.NullPool)
     connection = engine.connect()
 context.configure(connection=connection, target_metadata=None)
 with context.begin_transaction():
