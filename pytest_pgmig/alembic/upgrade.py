@@ -117,14 +117,22 @@ def _connection(target: Target) -> Iterator[Any]:
 def _failed(ini: Path, config: Any, exc: Exception) -> MigrationError:
     """The failure, naming the revision file it happened in when the traceback shows it."""
     script = str(Path(ini.parent, str(config.get_main_option("script_location") or "")).resolve())
-    revision = None
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        name = frame.filename
-        if name.startswith(script + os.sep) and not name.endswith(f"{os.sep}env.py"):
-            revision = name
-            break
+    frames = list(reversed(traceback.extract_tb(exc.__traceback__)))
+    revision = next(
+        (
+            f.filename
+            for f in frames
+            if f.filename.startswith(script + os.sep) and not f.filename.endswith(f"{os.sep}env.py")
+        ),
+        None,
+    )
+    # else the project's own code it failed in (env.py, the models it imports)
+    project = str(ini.parent.resolve()) + os.sep
+    own = next((f for f in frames if f.filename.startswith(project)), None)
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     where = f" in {revision}" if revision else ""
+    if revision is None and own is not None:
+        where = f" in {own.filename} line {own.lineno}"
     return MigrationError(
         f"Alembic upgrade of {ini} failed{where}: {type(exc).__name__}: {first}",
         migration_file=os.path.relpath(revision, ini.parent) if revision else INI,
