@@ -132,6 +132,7 @@ def downgrade():
 TESTS = """
 import psycopg
 import pytest
+from sqlalchemy import text
 
 
 @pytest.mark.parametrize("n", range(4))
@@ -143,6 +144,16 @@ def test_the_history_is_applied_and_reset(pgmig_dsn, n):
         conn.execute("INSERT INTO items (id, title) VALUES (2, 'mine')")
         version = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
         assert version == "b2"
+
+
+def test_the_engine_sees_the_same(pgmig_engine):
+    with pgmig_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM items")).scalar() == 1
+
+
+async def test_the_async_engine_too(pgmig_async_engine):
+    async with pgmig_async_engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM items"))).scalar() == 1
 """
 
 
@@ -156,3 +167,88 @@ def write_project(root: Path, env_py: str, *, url: str = "driver://user:pass@loc
     ini = root / "alembic.ini"
     ini.write_text(INI.format(url=url))
     return ini
+
+
+# two branches from b2, merged; the second keeps its table in a fixed schema, seeds it
+# through an ORM session that commits, and has a downgrade that cannot run
+BRANCHES = {
+    "c3_tags.py": """\
+from alembic import op
+import sqlalchemy as sa
+
+revision = "c3"
+down_revision = "b2"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table("tags", sa.Column("id", sa.Integer, primary_key=True))
+
+
+def downgrade():
+    op.drop_table("tags")
+""",
+    "d4_boards.py": """\
+from alembic import op
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, declarative_base
+
+revision = "d4"
+down_revision = "b2"
+branch_labels = None
+depends_on = None
+
+Base = declarative_base()
+
+
+class Board(Base):
+    __tablename__ = "boards"
+    __table_args__ = {"schema": "projects"}
+    id = sa.Column(sa.Integer, primary_key=True)
+    name = sa.Column(sa.Text)
+
+
+def upgrade():
+    op.execute("CREATE SCHEMA projects")
+    op.create_table(
+        "boards",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.Text),
+        schema="projects",
+    )
+    session = Session(bind=op.get_bind())
+    session.add(Board(id=1, name="first"))
+    session.commit()
+
+
+def downgrade():
+    op.drop_constraint(None, "boards")  # broken, as many are: never needed here
+""",
+}
+MERGE = {
+    "e5_merge.py": """\
+revision = "e5"
+down_revision = ("c3", "d4")
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    pass
+
+
+def downgrade():
+    pass
+""",
+}
+BRANCH_TESTS = """
+import psycopg
+
+
+def test_both_branches_and_the_fixed_schema(pgmig_dsn):
+    with psycopg.connect(pgmig_dsn) as conn:
+        assert conn.execute("SELECT name FROM projects.boards").fetchall() == [("first",)]
+        assert conn.execute("SELECT count(*) FROM tags").fetchone()[0] == 0
+        conn.execute("INSERT INTO projects.boards VALUES (2, 'mine')")
+"""

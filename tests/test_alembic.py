@@ -40,7 +40,7 @@ def test_an_alembic_history_is_applied_once_and_reset_between_tests(
         args.append("--pgmig-scope=worker")
     result = pytester.runpytest_subprocess(*args)
     assert result.ret == 0, text_of(result)
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=7)
     result.stdout.fnmatch_lines(
         ["pgmig: server *; migrations *=db/alembic.ini (alembic) [[]cli[]]*"]
     )
@@ -70,7 +70,7 @@ with context.begin_transaction():
     project(pytester, env_py, "")
     result = pytester.runpytest_subprocess("--pgmig-alembic=db", f"--pgmig-dsn={server_dsn}")
     assert result.ret == 0, text_of(result)
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=7)
 
 
 def test_a_failing_revision_is_a_failed_test_naming_its_file(
@@ -110,7 +110,7 @@ def test_the_conftest_hook_adjusts_the_config(pytester: pytest.Pytester, server_
     )
     result = pytester.runpytest_subprocess("--pgmig-alembic=db", f"--pgmig-dsn={server_dsn}")
     assert result.ret == 0, text_of(result)
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=7)
 
 
 def test_templates_render_every_placeholder() -> None:
@@ -125,3 +125,55 @@ def test_templates_render_every_placeholder() -> None:
         "postgresql+psycopg://postgres@/postgres?host=%2Fdev%2Fshm%2Fpg&port=5432"
     )
     assert render("{host}", socket) == "/dev/shm/pg"
+
+
+@pytest.mark.parametrize("merged", [True, False], ids=["merged", "two-heads"])
+def test_a_branched_history_with_a_fixed_schema(
+    pytester: pytest.Pytester, server_dsn: str, merged: bool
+) -> None:
+    from alembic_projects import BRANCH_TESTS, BRANCHES, MERGE
+
+    project(pytester, ENV_SYNC, SYNC_ENV)
+    versions = pytester.path / "db" / "migrations" / "versions"
+    for name, text in {**BRANCHES, **(MERGE if merged else {})}.items():
+        (versions / name).write_text(text)
+    (pytester.path / "test_app.py").unlink()  # its revision is b2's: here the heads are later
+    pytester.makepyfile(test_branches=textwrap.dedent(BRANCH_TESTS))
+    result = pytester.runpytest_subprocess(
+        "--pgmig-alembic=db", f"--pgmig-dsn={server_dsn}", "-n", "2", "-p", "no:randomly"
+    )
+    # upgrade heads applies both branches either way; only the heads check tells them apart
+    if merged:
+        assert result.ret == 0, text_of(result)
+        result.assert_outcomes(passed=2)
+        return
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*alembic.ini has 2 heads: * Merge them*"])
+
+
+def test_the_engines_on_an_sql_set_in_a_schema(pytester: pytest.Pytester, server_dsn: str) -> None:
+    from plugin_support import make_project
+
+    make_project(
+        pytester,
+        """
+        from sqlalchemy import text
+
+
+        def test_sync(pgmig_engine, pgmig_schema):
+            with pgmig_engine.connect() as conn:
+                assert conn.execute(text("SELECT current_schema()")).scalar() == pgmig_schema.name
+                assert conn.execute(text("SELECT count(*) FROM users")).scalar() == 1
+
+
+        async def test_async(pgmig_async_engine, pgmig_schema):
+            async with pgmig_async_engine.connect() as conn:
+                schema = (await conn.execute(text("SELECT current_schema()"))).scalar()
+                assert schema == pgmig_schema.name
+        """,
+    )
+    result = pytester.runpytest_subprocess(
+        "--pgmig-migrations=migrations", f"--pgmig-dsn={server_dsn}", "-p", "no:randomly"
+    )
+    assert result.ret == 0, text_of(result)
+    result.assert_outcomes(passed=2)

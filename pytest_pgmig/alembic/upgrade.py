@@ -139,3 +139,10 @@ def _failed(ini: Path, config: Any, exc: Exception) -> MigrationError:
         sql_error=str(exc),
         hint="Fix the revision (or env.py) and run the tests again.",
     )
+
+
+def heads(ini: Path) -> list[str]:
+    """The heads of the history of `ini`, each with the file it is in."""
+    _, config_type, script_type = _alembic()
+    script = script_type.from_config(config_type(str(ini)))
+    return [f"{rev.revision} ({Path(rev.path).name})" for rev in script.get_revisions("heads")]

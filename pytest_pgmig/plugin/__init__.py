@@ -17,6 +17,7 @@ from pytest_pgmig.errors import MigrationError
 from pytest_pgmig.isolation.base import MigrationSet, PgmigSchema
 from pytest_pgmig.plugin import checks, options, settings
 from pytest_pgmig.plugin.connections import pgmig_psycopg
+from pytest_pgmig.plugin.engines import pgmig_async_engine, pgmig_engine
 from pytest_pgmig.plugin.fixtures import (
     pgmig_conn,
     pgmig_db,
@@ -32,9 +33,11 @@ from pytest_pgmig.servers.dsn import redact
 from pytest_pgmig.servers.info import ServerInfo, version_text
 
 __all__ = [
+    "pgmig_async_engine",
     "pgmig_conn",
     "pgmig_db",
     "pgmig_dsn",
+    "pgmig_engine",
     "pgmig_factory",
     "pgmig_migrations",
     "pgmig_pool",

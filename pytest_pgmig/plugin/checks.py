@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def items(session: pytest.Session, opts: settings.Settings) -> list[pytest.Item]:
     """The check items for the run's migration sets: ``pgmig.lock[<module>]`` where locked,
     ``pgmig.down[<module>]`` where there are down files, ``pgmig.idempotent[<module>]`` when
-    asked for."""
+    asked for, ``pgmig.alembic_heads[<module>]`` for an Alembic history."""
     sets = opts.migrations.value
     found: list[pytest.Item] = [
         LockCheck.from_parent(session, name=f"pgmig.lock[{m.module}]", mset=m)
@@ -31,6 +31,13 @@ def items(session: pytest.Session, opts: settings.Settings) -> list[pytest.Item]
         if (m.path / lockfile.LOCK_NAME).exists()
     ]
     for index, mset in enumerate(sets):
+        if mset.reading.format == "alembic":
+            found.append(
+                HeadsCheck.from_parent(
+                    session, name=f"pgmig.alembic_heads[{mset.module}]", mset=mset
+                )
+            )
+            continue
         # a set is checked on the sets before it, as its tests have them
         upto = sets[: index + 1]
         wanted = {
@@ -78,6 +85,34 @@ class LockCheck(pytest.Item):
 
 class LockDrift(Exception):
     """Locked migrations changed."""
+
+
+class HeadsCheck(pytest.Item):
+    """``pgmig.alembic_heads[...]``: the Alembic history has a single head (two heads make
+    ``alembic upgrade head`` fail in production while ``heads`` passes here)."""
+
+    def __init__(self, *, mset: MigrationSet, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ini = mset.path
+
+    def runtest(self) -> None:
+        from pytest_pgmig.alembic.upgrade import heads
+
+        found = heads(self.ini)
+        if len(found) != 1:
+            raise CheckFailed(
+                f"{self.ini} has {len(found)} heads: {', '.join(found)}. Merge them "
+                "(alembic merge heads -m merge) so that `alembic upgrade head` knows where "
+                "to go."
+            )
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, (CheckFailed, MigrationError)):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.ini, 0, self.name
 
 
 class MigrationCheck(pytest.Item):
