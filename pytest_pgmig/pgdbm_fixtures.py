@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - pgdbm users have pgdbm
 
 from pytest_pgmig.compat.suites import SUITES, Call, Suites
 from pytest_pgmig.engine.migrations import AsyncMigrationManager
+from pytest_pgmig.engine.templates import quote_identifier
 from pytest_pgmig.errors import MigrationFailed
 from pytest_pgmig.isolation.base import PgmigSchema, Sets, Slot
 from pytest_pgmig.plugin import marker
@@ -182,10 +183,15 @@ def _managed(
         runner.run(db.connect())
         try:
             if schema is not None and place.database is not None:
-                runner.run(db.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                runner.run(db.execute(_make_schema(schema)))
             yield db
         finally:
             runner.run(db.disconnect())
+
+
+def _make_schema(schema: str) -> str:
+    """What pgdbm's fixtures run for a manager bound to `schema` (the name quoted safely)."""
+    return f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(schema)}"
 
 
 def _place(
@@ -248,7 +254,7 @@ class TestDbFactory:
         await db.connect()
         self.databases.append(db)
         if schema is not None and slot.schema.database is not None:
-            await db.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await db.execute(_make_schema(schema))
         return db
 
     async def cleanup(self) -> None:
