@@ -124,34 +124,25 @@ class Applier:
         self._sources: dict[str, Path] = {}
 
     async def apply(
-        self,
-        conn: Connection,
-        filename: str,
-        checksum: str,
-        plan: ScriptPlan,
-        *,
-        replace: bool = False,
-        also: str = "",
+        self, conn: Connection, filename: str, checksum: str, plan: ScriptPlan
     ) -> float:
-        """Apply one file and record it (`replace`: replacing its row, for a repeatable
-        migration; `also`: the tool's own history SQL, `MigrationFile.record`); its time in
-        milliseconds. Raises `MigrationError`."""
+        """Apply one file and record it; its time in milliseconds. Raises `MigrationError`."""
         return await self.run(
-            conn,
-            filename,
-            plan,
-            lambda ms: _joined(
-                also, self.tracking.record_sql(filename, checksum, ms, replace=replace)
-            ),
+            conn, filename, plan, lambda ms: self.tracking.record_sql(filename, checksum, ms)
         )
 
     async def apply_file(self, conn: Connection, file: MigrationFile) -> float:
-        """`apply` for a migration as loaded: its row replaced if it is repeatable, its
-        tool's history written with it."""
+        """`apply` for a migration as loaded (see `_record`)."""
         self._sources[file.filename] = file.path
-        return await self.apply(
-            conn, file.filename, file.checksum, file.plan, replace=file.repeatable, also=file.record
+        return await self.run(conn, file.filename, file.plan, lambda ms: self._record(file, ms))
+
+    def _record(self, file: MigrationFile, ms: float | None = None, elapsed_sql: str = "") -> str:
+        """A loaded migration's tracking row (replaced for a repeatable one), after the SQL
+        its tool keeps its own history with (`MigrationFile.record`)."""
+        row = self.tracking.record_sql(
+            file.filename, file.checksum, ms, elapsed_sql=elapsed_sql, replace=file.repeatable
         )
+        return f"{file.record};{row}" if file.record else row
 
     async def apply_many(self, conn: Connection, files: Sequence[MigrationFile]) -> float:
         """Apply transactional files in one transaction, each followed by its tracking row
@@ -166,12 +157,7 @@ class Applier:
                 self._set_path("SET LOCAL"),
                 self._render(file.filename, self._template(file.plan)),
                 "\n;",
-                _joined(
-                    file.record,
-                    self.tracking.record_sql(
-                        file.filename, file.checksum, elapsed_sql=_FILE_MS, replace=file.repeatable
-                    ),
-                ),
+                self._record(file, elapsed_sql=_FILE_MS),
                 ";",
             ]
         parts += [check.after_sql() if check is not None else "", "COMMIT;"]
@@ -368,10 +354,6 @@ class Applier:
             hint=hint,
             transient=is_transient(exc),
         )
-
-
-def _joined(first: str, second: str) -> str:
-    return f"{first};{second}" if first else second
 
 
 def is_transient(exc: asyncpg.PostgresError) -> bool:
