@@ -101,6 +101,7 @@ def upgrade():
 
 def downgrade():
     op.drop_table("users")
+    op.execute("DROP EXTENSION pg_trgm")
 '''
 
 REVISION_2 = '''\

@@ -40,7 +40,7 @@ def test_an_alembic_history_is_applied_once_and_reset_between_tests(
         args.append("--pgmig-scope=worker")
     result = pytester.runpytest_subprocess(*args)
     assert result.ret == 0, text_of(result)
-    result.assert_outcomes(passed=7)
+    result.assert_outcomes(passed=8)  # 4 + 2 engines + heads + down
     result.stdout.fnmatch_lines(
         ["pgmig: server *; migrations *=db/alembic.ini (alembic) [[]cli[]]*"]
     )
@@ -70,7 +70,7 @@ with context.begin_transaction():
     project(pytester, env_py, "")
     result = pytester.runpytest_subprocess("--pgmig-alembic=db", f"--pgmig-dsn={server_dsn}")
     assert result.ret == 0, text_of(result)
-    result.assert_outcomes(passed=7)
+    result.assert_outcomes(passed=8)  # 4 + 2 engines + heads + down
 
 
 def test_a_failing_revision_is_a_failed_test_naming_its_file(
@@ -110,7 +110,7 @@ def test_the_conftest_hook_adjusts_the_config(pytester: pytest.Pytester, server_
     )
     result = pytester.runpytest_subprocess("--pgmig-alembic=db", f"--pgmig-dsn={server_dsn}")
     assert result.ret == 0, text_of(result)
-    result.assert_outcomes(passed=7)
+    result.assert_outcomes(passed=7)  # no down check where the hook is needed
 
 
 def test_templates_render_every_placeholder() -> None:
@@ -145,9 +145,9 @@ def test_a_branched_history_with_a_fixed_schema(
     # upgrade heads applies both branches either way; only the heads check tells them apart
     if merged:
         assert result.ret == 0, text_of(result)
-        result.assert_outcomes(passed=2)
+        result.assert_outcomes(passed=3)  # the test, heads, and down (branched: not walked)
         return
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*alembic.ini has 2 heads: * Merge them*"])
 
 
@@ -177,3 +177,32 @@ def test_the_engines_on_an_sql_set_in_a_schema(pytester: pytest.Pytester, server
     )
     assert result.ret == 0, text_of(result)
     result.assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize("wrong", [False, True], ids=["correct", "leaves-the-index"])
+def test_each_downgrade_undoes_its_upgrade(
+    pytester: pytest.Pytester, server_dsn: str, wrong: bool
+) -> None:
+    project(pytester, ENV_SYNC, SYNC_ENV)
+    if wrong:
+        revision = pytester.path / "db" / "migrations" / "versions" / "a1_users.py"
+        text = revision.read_text().replace(
+            'op.drop_table("users")', 'op.drop_column("users", "name")'
+        )
+        revision.write_text(text)
+    result = pytester.runpytest_subprocess(
+        "--pgmig-alembic=db", f"--pgmig-dsn={server_dsn}", "-k", "pgmig", "-rA"
+    )
+    if not wrong:
+        assert result.ret == 0, text_of(result)
+        result.stdout.fnmatch_lines(
+            ["*pgmig.down[[]*[]]: 2 downgrade(s) undo their upgrade exactly*"]
+        )
+        return
+    result.assert_outcomes(passed=1, failed=1, deselected=6)
+    result.stdout.fnmatch_lines(
+        [
+            "a1_users.py: its downgrade does not undo its upgrade:",
+            '*table "users" is still there after downgrading a1*',
+        ]
+    )

@@ -32,7 +32,21 @@ def upgrade(
     when a synchronous driver is installed, and `adjust(config, target)` may change the rest.
     Run it once per history and process: applications cache their settings per process.
     """
-    command, config_type, script_type = _alembic()
+    config = run_command(ini, target, env, "upgrade", "heads", adjust)
+    _, _, script_type = _alembic()
+    return sum(1 for _ in script_type.from_config(config).walk_revisions())
+
+
+def run_command(
+    ini: Path,
+    target: Target,
+    env: Sequence[tuple[str, str]],
+    command_name: str,
+    revision: str,
+    adjust: Adjust | None = None,
+) -> Any:
+    """Run ``alembic <command_name> <revision>`` on `target` as `upgrade` does; its Config."""
+    command, config_type, _ = _alembic()
     config = config_type(str(ini))
     config.set_main_option("sqlalchemy.url", _url(config, target).replace("%", "%%"))
     if adjust is not None:
@@ -42,10 +56,39 @@ def upgrade(
             with _connection(target) as connection:
                 if connection is not None:
                     config.attributes["connection"] = connection
-                command.upgrade(config, "heads")
+                getattr(command, command_name)(config, revision)
         except Exception as exc:
             raise _failed(ini, config, exc) from None
-    return sum(1 for _ in script_type.from_config(config).walk_revisions())
+    return config
+
+
+def history(ini: Path) -> list[tuple[str, str | None, str, bool]]:
+    """A linear history's revisions from the base: (revision, its down revision, its file,
+    whether its downgrade does anything); [] for a branched one."""
+    import ast
+
+    _, config_type, script_type = _alembic()
+    script = script_type.from_config(config_type(str(ini)))
+    revisions = list(reversed(list(script.walk_revisions())))
+    if (
+        any(isinstance(r.down_revision, (tuple, list)) for r in revisions)
+        or len(script.get_heads()) != 1
+    ):
+        return []
+    found = []
+    for rev in revisions:
+        tree = ast.parse(Path(rev.path).read_text(encoding="utf-8"))
+        body = next(
+            (n.body for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "downgrade"),
+            [],
+        )
+        acts = any(
+            not isinstance(n, ast.Pass)
+            and not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
+            for n in body
+        )
+        found.append((rev.revision, rev.down_revision, rev.path, acts))
+    return found
 
 
 def _alembic() -> tuple[Any, Any, Any]:

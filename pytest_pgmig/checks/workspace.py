@@ -32,6 +32,7 @@ class Workspace:
     schema: str
     options: ApplyOptions
     database: bool = False
+    dsn: str = ""  # a throwaway database's own DSN, for a tool that connects itself
 
     def module_name(self, mset: MigrationSet) -> str:
         """The set's module_name here, as the tests' schemas (or databases) have it."""

@@ -57,7 +57,10 @@ class AutoIsolation:
     async def check(self, sets: Sets, procedure: Procedure[T]) -> T:
         """Run a migration check where the set's tests run: in a schema, or in a database
         once its files are found to write outside their schema (then the tests move too)."""
-        if sets not in self._moved:
+        alembic = any(m.reading.format == Context.ALEMBIC for m in sets)
+        if alembic:
+            await self._start_databases(None)
+        elif sets not in self._moved:
             try:
                 return await self.schemas.check(sets, procedure)
             except MigrationError as exc:

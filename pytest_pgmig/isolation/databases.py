@@ -144,7 +144,8 @@ class DatabaseIsolation(ControlSession):
         try:
             conn = await self._migrating_session(name)
             try:
-                return await procedure(Workspace(conn, PUBLIC, _AS_WRITTEN, database=True))
+                dsn = with_database(self.context.admin_dsn, name)
+                return await procedure(Workspace(conn, PUBLIC, _AS_WRITTEN, database=True, dsn=dsn))
             finally:
                 await close_or_terminate(conn)
         finally:

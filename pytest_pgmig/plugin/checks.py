@@ -37,6 +37,15 @@ def items(session: pytest.Session, opts: settings.Settings) -> list[pytest.Item]
                     session, name=f"pgmig.alembic_heads[{mset.module}]", mset=mset
                 )
             )
+            # the down check runs Alembic in a process of its own, which a conftest's
+            # pytest_pgmig_alembic_config hook cannot reach: not where one is needed
+            hooked = session.config.hook.pytest_pgmig_alembic_config.get_hookimpls()
+            if opts.check_down.value and not hooked:
+                found.append(
+                    MigrationCheck.from_parent(
+                        session, name=f"pgmig.down[{mset.module}]", sets=(mset,)
+                    )
+                )
             continue
         # a set is checked on the sets before it, as its tests have them
         upto = sets[: index + 1]
@@ -131,7 +140,7 @@ class MigrationCheck(pytest.Item):
     def runtest(self) -> None:
         state = state_of(self.config)
         isolation = state.isolation_on(state.server())
-        procedure = _procedure(self.kind)
+        procedure = _procedure(self.kind, self.mset, state.settings)
         started = time.perf_counter()
         outcome = "failed"
         try:
@@ -159,8 +168,17 @@ class MigrationCheck(pytest.Item):
         return self.mset.path, 0, self.name
 
 
-def _procedure(kind: str) -> Callable[[Workspace, Sets], Awaitable[str]]:
+def _procedure(
+    kind: str, mset: MigrationSet, opts: settings.Settings
+) -> Callable[[Workspace, Sets], Awaitable[str]]:
     """The check a kind of item runs (imported on use: the plugin loads no driver)."""
+    if mset.reading.format == "alembic":
+        from pytest_pgmig.alembic.reversal import check_alembic_downs
+
+        async def alembic_downs(workspace: Workspace, sets: Sets) -> str:
+            return await check_alembic_downs(workspace, mset.path, opts.alembic_env.value)
+
+        return alembic_downs
     if kind == "idempotent":
         from pytest_pgmig.checks.idempotence import check_idempotent
 

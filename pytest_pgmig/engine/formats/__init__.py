@@ -64,8 +64,8 @@ _BY_CONTENT: tuple[tuple[str, _Detector], ...] = (
     ("flyway", flyway.detect),
 )
 _RACY_NS = 2_000_000_000  # as in `pytest_pgmig.engine.files`
-# tables a tool keeps its own history in, which `MigrationFile.record` writes
-TOOL_TABLES = frozenset({diesel.HISTORY})
+# tables a tool keeps its own history in (which `MigrationFile.record` writes, or Alembic)
+TOOL_TABLES = frozenset({diesel.HISTORY, "alembic_version"})
 
 
 @dataclass(frozen=True)
