@@ -206,3 +206,39 @@ def test_each_downgrade_undoes_its_upgrade(
             '*table "users" is still there after downgrading a1*',
         ]
     )
+
+
+MODELS_ENV = ENV_SYNC.replace(
+    "target_metadata = None",
+    """import sqlalchemy as sa
+
+target_metadata = sa.MetaData()
+sa.Table("users", target_metadata, sa.Column("id", sa.Integer, primary_key=True),
+         sa.Column("name", sa.Text, nullable=False), sa.Index("users_name_trgm", "name"))
+sa.Table("items", target_metadata, sa.Column("id", sa.Integer, primary_key=True),
+         sa.Column("title", sa.Text, nullable=False), sa.Index("items_title", "title"))
+""",
+)
+
+
+@pytest.mark.parametrize("drift", [False, True], ids=["match", "a-model-column-not-migrated"])
+def test_models_match_is_opt_in_and_names_the_difference(
+    pytester: pytest.Pytester, server_dsn: str, drift: bool
+) -> None:
+    env_py = MODELS_ENV
+    if drift:
+        env_py = env_py.replace(
+            'sa.Column("title", sa.Text, nullable=False)',
+            'sa.Column("title", sa.Text, nullable=False), sa.Column("price", sa.Integer)',
+        )
+    project(pytester, env_py, SYNC_ENV + "pgmig_check_models = on\n")
+    result = pytester.runpytest_subprocess(
+        "--pgmig-alembic=db", f"--pgmig-dsn={server_dsn}", "-k", "models", "-rA"
+    )
+    if not drift:
+        assert result.ret == 0, text_of(result)
+        result.assert_outcomes(passed=3, deselected=6)  # heads, down, models: never deselected
+        return
+    result.assert_outcomes(passed=2, failed=1, deselected=6)
+    assert "price" in text_of(result)
+    assert "do not match what alembic.ini's history makes" in text_of(result)

@@ -55,7 +55,13 @@ class Steps:
                 f"alembic {command} {revision} ended its process without an answer.",
                 hint="Run `alembic upgrade heads` by hand to see why.",
             )
-        answer: dict[str, Any] = json.loads(line)
+        try:
+            answer: dict[str, Any] = json.loads(line)
+        except json.JSONDecodeError:
+            raise MigrationError(
+                f"alembic {command} {revision} answered {line[:200]!r}, not its result.",
+                hint="Something in env.py wrote to the check's channel; report it.",
+            ) from None
         return answer
 
     async def close(self) -> None:
@@ -123,3 +129,21 @@ async def _step(steps: Steps, command: str, revision: str, name: str) -> None:
     if not answer.get("ok"):
         what = f"{name}'s {command}" if name else f"alembic {command} {revision}"
         raise CheckFailed(f"{what} fails: {answer.get('error')}")
+
+
+async def check_models(ws: Workspace, ini: Path, env: Sequence[tuple[str, str]]) -> str:
+    """``alembic check`` after ``upgrade heads``: env.py's ``target_metadata`` must find
+    nothing to autogenerate against the migrated schema."""
+    steps = await Steps.start(ini, Target.from_dsn(ws.dsn), env)
+    try:
+        await _step(steps, "upgrade", "heads", "")
+        answer = await steps.run("check", "")
+    finally:
+        await steps.close()
+    if not answer.get("ok"):
+        raise CheckFailed(
+            f"the models (env.py's target_metadata) do not match what {ini.name}'s history "
+            f"makes: {answer.get('error')}\nAdd a revision for the difference (alembic "
+            "revision --autogenerate), or fix the models."
+        )
+    return "the models match the migrated schema"

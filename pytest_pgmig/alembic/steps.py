@@ -21,6 +21,8 @@ from pytest_pgmig.errors import MigrationError
 
 
 def main() -> int:
+    # the answers keep stdout to themselves: what Alembic and env.py print goes to stderr
+    answers, sys.stdout = sys.stdout, sys.stderr
     setup: dict[str, Any] = json.loads(sys.stdin.readline())
     ini = Path(setup["ini"])
     target = Target(**setup["target"])
@@ -34,8 +36,8 @@ def main() -> int:
             answer: dict[str, Any] = {"ok": True}
         except MigrationError as exc:
             answer = {"ok": False, "error": str(exc), "file": exc.migration_file}
-        sys.stdout.write(json.dumps(answer) + "\n")
-        sys.stdout.flush()
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
     return 0
 
 

@@ -56,9 +56,10 @@ def run_command(
             with _connection(target) as connection:
                 if connection is not None:
                     config.attributes["connection"] = connection
-                getattr(command, command_name)(config, revision)
+                run = getattr(command, command_name)
+                run(config, revision) if revision else run(config)
         except Exception as exc:
-            raise _failed(ini, config, exc) from None
+            raise _failed(ini, config, exc, command_name) from None
     return config
 
 
@@ -157,7 +158,7 @@ def _connection(target: Target) -> Iterator[Any]:
     yield None
 
 
-def _failed(ini: Path, config: Any, exc: Exception) -> MigrationError:
+def _failed(ini: Path, config: Any, exc: Exception, command_name: str) -> MigrationError:
     """The failure, naming the revision file it happened in when the traceback shows it."""
     script = str(Path(ini.parent, str(config.get_main_option("script_location") or "")).resolve())
     frames = list(reversed(traceback.extract_tb(exc.__traceback__)))
@@ -177,7 +178,7 @@ def _failed(ini: Path, config: Any, exc: Exception) -> MigrationError:
     if revision is None and own is not None:
         where = f" in {own.filename} line {own.lineno}"
     return MigrationError(
-        f"Alembic upgrade of {ini} failed{where}: {type(exc).__name__}: {first}",
+        f"Alembic {command_name} of {ini} failed{where}: {type(exc).__name__}: {first}",
         migration_file=os.path.relpath(revision, ini.parent) if revision else INI,
         sql_error=str(exc),
         hint="Fix the revision (or env.py) and run the tests again.",

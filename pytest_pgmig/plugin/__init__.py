@@ -153,6 +153,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"scope {opts.scope}; isolation {opts.isolation}; keep {opts.keep}"
         + (f"; ddl log {opts.ddl_log}" if opts.ddl_log.value else "")
         + f"; checks down {_on(opts.check_down)}, idempotent {_on(opts.check_idempotent)}"
+        + (f", models {_on(opts.check_models)}" if opts.check_models.value else "")
     ] + [f"pgmig: {note}" for note in notes]
 
 

@@ -40,12 +40,14 @@ def items(session: pytest.Session, opts: settings.Settings) -> list[pytest.Item]
             # the down check runs Alembic in a process of its own, which a conftest's
             # pytest_pgmig_alembic_config hook cannot reach: not where one is needed
             hooked = session.config.hook.pytest_pgmig_alembic_config.get_hookimpls()
-            if opts.check_down.value and not hooked:
-                found.append(
-                    MigrationCheck.from_parent(
-                        session, name=f"pgmig.down[{mset.module}]", sets=(mset,)
-                    )
+            wanted = {"down": opts.check_down.value, "models_match": opts.check_models.value}
+            found += [
+                MigrationCheck.from_parent(
+                    session, name=f"pgmig.{kind}[{mset.module}]", sets=(mset,)
                 )
+                for kind, on in wanted.items()
+                if on and not hooked
+            ]
             continue
         # a set is checked on the sets before it, as its tests have them
         upto = sets[: index + 1]
@@ -173,12 +175,14 @@ def _procedure(
 ) -> Callable[[Workspace, Sets], Awaitable[str]]:
     """The check a kind of item runs (imported on use: the plugin loads no driver)."""
     if mset.reading.format == "alembic":
-        from pytest_pgmig.alembic.reversal import check_alembic_downs
+        from pytest_pgmig.alembic.reversal import check_alembic_downs, check_models
 
-        async def alembic_downs(workspace: Workspace, sets: Sets) -> str:
-            return await check_alembic_downs(workspace, mset.path, opts.alembic_env.value)
+        check = check_models if kind == "models_match" else check_alembic_downs
 
-        return alembic_downs
+        async def alembic_check(workspace: Workspace, sets: Sets) -> str:
+            return await check(workspace, mset.path, opts.alembic_env.value)
+
+        return alembic_check
     if kind == "idempotent":
         from pytest_pgmig.checks.idempotence import check_idempotent
 

@@ -147,6 +147,13 @@ OPTIONS = (
         switch=True,
     ),
     Option(
+        "check_models",
+        "check that an Alembic history's env.py target_metadata matches the migrated "
+        "schema (alembic check), in a pgmig.models_match[<module>] item (default off)",
+        "on or off: the pgmig.models_match[<module>] items (default off)",
+        switch=True,
+    ),
+    Option(
         "statement_timeout",
         "bound each migration statement and each reset, in seconds; 0 for none "
         f"(default {settings.DEFAULT_STATEMENT_TIMEOUT:g})",

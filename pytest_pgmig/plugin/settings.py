@@ -54,6 +54,7 @@ class Settings:
     isolation: Setting[str] = field(default_factory=lambda: Setting("auto", "default"))
     check_down: Setting[bool] = field(default_factory=lambda: Setting(True, "default"))
     check_idempotent: Setting[bool] = field(default_factory=lambda: Setting(False, "default"))
+    check_models: Setting[bool] = field(default_factory=lambda: Setting(False, "default"))
     format: Setting[str] = field(default_factory=lambda: Setting("auto", "default"))
     alembic_env: Setting[tuple[tuple[str, str], ...]] = field(
         default_factory=lambda: Setting((), "default")
@@ -307,6 +308,7 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> 
         isolation=sources.pick("pgmig_isolation", isolation_type, "auto"),
         check_down=sources.pick("pgmig_check_down", switch_type, True),
         check_idempotent=sources.pick("pgmig_check_idempotent", switch_type, False),
+        check_models=sources.pick("pgmig_check_models", switch_type, False),
         format=fmt,
         placeholders=placeholders,
         alembic_env=_resolve_pairs(sources, "pgmig_alembic_env"),
