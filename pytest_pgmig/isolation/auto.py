@@ -38,7 +38,7 @@ class AutoIsolation:
         self, sets: Sets, *, spare: bool = False, lane: str = "", database: bool = False
     ) -> Slot:
         # an Alembic history runs where Alembic put it: a database (schemas come later)
-        database = database or any(m.reading.format == Context.ALEMBIC for m in sets)
+        database = database or any(m.reading.alembic for m in sets)
         if database:
             await self._start_databases(None)
         elif sets not in self._moved:
@@ -57,7 +57,7 @@ class AutoIsolation:
     async def check(self, sets: Sets, procedure: Procedure[T]) -> T:
         """Run a migration check where the set's tests run: in a schema, or in a database
         once its files are found to write outside their schema (then the tests move too)."""
-        alembic = any(m.reading.format == Context.ALEMBIC for m in sets)
+        alembic = any(m.reading.alembic for m in sets)
         if alembic:
             await self._start_databases(None)
         elif sets not in self._moved:

@@ -85,8 +85,6 @@ class Context:
     migrated with no folder.
     """
 
-    ALEMBIC = "alembic"  # the `Reading.format` of an Alembic history (its path: alembic.ini)
-
     admin_dsn: str
     run: str
     worker: str

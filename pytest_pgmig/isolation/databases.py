@@ -180,7 +180,7 @@ class DatabaseIsolation(ControlSession):
         applied = 0
         try:
             for mset in sets:
-                if mset.reading.format == Context.ALEMBIC:
+                if mset.reading.alembic:
                     applied += await self._alembic(database, mset, keep=conn.get_server_pid())
                     continue
                 if not mset.module:  # a schema a suite's fixture makes for its manager

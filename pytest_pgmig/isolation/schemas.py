@@ -106,7 +106,7 @@ class SchemaIsolation(ControlSession):
         With `spare`, one more schema is kept in preparation in the background, so that a
         test's schema can be reset off the next test's path.
         """
-        alembic = [m for m in sets if m.reading.format == Context.ALEMBIC]
+        alembic = [m for m in sets if m.reading.alembic]
         if alembic:
             message = (
                 f"pgmig: the Alembic history {alembic[0].path} runs under database isolation "

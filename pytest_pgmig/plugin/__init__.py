@@ -159,7 +159,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def _format(mset: MigrationSet, opts: settings.Settings) -> str:
     """How a set is read, for the header: nothing for plain files found as such."""
-    if mset.reading.format == "alembic":
+    if mset.reading.alembic:
         return " (alembic)"
     try:
         found = formats.detect(mset.path, mset.reading)

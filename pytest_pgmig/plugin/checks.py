@@ -31,7 +31,7 @@ def items(session: pytest.Session, opts: settings.Settings) -> list[pytest.Item]
         if (m.path / lockfile.LOCK_NAME).exists()
     ]
     for index, mset in enumerate(sets):
-        if mset.reading.format == "alembic":
+        if mset.reading.alembic:
             found.append(
                 HeadsCheck.from_parent(
                     session, name=f"pgmig.alembic_heads[{mset.module}]", mset=mset
@@ -174,7 +174,7 @@ def _procedure(
     kind: str, mset: MigrationSet, opts: settings.Settings
 ) -> Callable[[Workspace, Sets], Awaitable[str]]:
     """The check a kind of item runs (imported on use: the plugin loads no driver)."""
-    if mset.reading.format == "alembic":
+    if mset.reading.alembic:
         from pytest_pgmig.alembic.reversal import check_alembic_downs, check_models
 
         check = check_models if kind == "models_match" else check_alembic_downs

@@ -195,7 +195,7 @@ def check_migrations_folder(
     path: Path, *, source: str, reading: formats.Reading = formats.DEFAULT_READING
 ) -> formats.Detection:
     """Fail with the fix when a configured migrations folder cannot serve; its format."""
-    if reading.format == "alembic":
+    if reading.alembic:
         return _check_alembic(path, source)
     where = f"pgmig migrations folder {str(path)!r} (from {source})"
     if not path.exists():
@@ -240,7 +240,7 @@ def _check_alembic(ini: Path, source: str) -> formats.Detection:
         raise pytest.UsageError(
             f"{where}: Alembic is not installed. Install it: pip install 'pytest-pgmig[alembic]'."
         ) from None
-    return formats.Detection("alembic", ini.name, ini.parent)
+    return formats.Detection(formats.ALEMBIC, ini.name, ini.parent)
 
 
 def _ini_source(config: pytest.Config) -> str:
@@ -277,7 +277,7 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> 
     placeholders = _resolve_pairs(sources, "pgmig_placeholders")
     reading = formats.Reading(fmt.value, placeholders.value)
     migrations = _resolve_migrations(sources, reading)
-    alembic = _resolve_migrations(sources, formats.Reading("alembic"), "pgmig_alembic")
+    alembic = _resolve_migrations(sources, formats.Reading(formats.ALEMBIC), "pgmig_alembic")
     alembic = Setting(
         tuple(dataclasses.replace(m, path=_alembic_ini(m.path)) for m in alembic.value),
         alembic.source,

@@ -31,6 +31,7 @@ from pytest_pgmig.engine.formats import (
     yoyo,
 )
 from pytest_pgmig.engine.formats.common import (
+    ALEMBIC,
     DEFAULT_READING,
     FORMATS,
     Listing,
@@ -41,6 +42,7 @@ from pytest_pgmig.engine.formats.common import (
 from pytest_pgmig.errors import MigrationError
 
 __all__ = [
+    "ALEMBIC",
     "DEFAULT_READING",
     "FORMATS",
     "TOOL_TABLES",

@@ -21,6 +21,9 @@ from pytest_pgmig.engine.files import (
 )
 from pytest_pgmig.errors import MigrationError
 
+# the Reading of an Alembic history (its path: alembic.ini): applied by Alembic, not read here
+ALEMBIC = "alembic"
+
 FORMATS = ("auto", "files", "goose", "dbmate", "prisma", "diesel", "flyway", "sqitch", "yoyo")
 
 
@@ -31,6 +34,11 @@ class Reading:
 
     format: str = "auto"
     placeholders: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def alembic(self) -> bool:
+        """Whether the set is an Alembic history, applied by Alembic itself."""
+        return self.format == ALEMBIC
 
 
 DEFAULT_READING = Reading()
