@@ -4,8 +4,8 @@ Side by side on one server started here (data on the RAM disk, 127.0.0.1), media
 --repeat runs:
 
   per test   the summary's median isolation cost per test: the same N tests on an SQL set
-             (a schema per test) and on the Alembic history (a database copy per test)
-  first test the first test's set-up (the history applied into a template, Alembic imported
+             and on the Alembic history, each in a schema per test
+  first test the first test's set-up (the history applied into its schema, Alembic imported
              in the process) against `alembic upgrade heads` alone into a new database,
              Alembic's import included
 

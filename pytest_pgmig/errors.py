@@ -69,6 +69,10 @@ class MigrationError(PgmigError):
         return {key: value for key, value in fields.items() if value is not None}
 
 
+# the SQLSTATE the plugin's outside-write check raises (`pytest_pgmig.isolation.guard`)
+OUTSIDE_SQLSTATE = "PGM01"
+
+
 class OutsideSchemaError(MigrationError):
     """A migration wrote outside the schema it migrates; ``what`` names the first object.
 

@@ -7,6 +7,8 @@ from pathlib import Path
 INI = """\
 [alembic]
 script_location = %(here)s/migrations
+prepend_sys_path = .
+path_separator = os
 sqlalchemy.url = {url}
 
 [loggers]
@@ -77,6 +79,49 @@ async def run_async_migrations():
 
 asyncio.run(run_async_migrations())
 """
+
+# psycopg2, the URL put together from separate POSTGRES_* variables, as project templates do
+# (with URL.create: {host} is a socket folder on a server the plugin started)
+ENV_POSTGRES = """\
+import os
+
+from alembic import context
+from sqlalchemy import URL, create_engine, pool
+
+target_metadata = None
+
+
+def url():
+    e = os.environ
+    return URL.create(
+        "postgresql+psycopg2",
+        username=e["POSTGRES_USER"],
+        password=e["POSTGRES_PASSWORD"],
+        host=e["POSTGRES_SERVER"],
+        port=int(e["POSTGRES_PORT"]),
+        database=e["POSTGRES_DB"],
+    )
+
+
+engine = create_engine(url(), poolclass=pool.NullPool)
+with engine.connect() as connection:
+    context.configure(connection=connection, target_metadata=target_metadata)
+    with context.begin_transaction():
+        context.run_migrations()
+"""
+POSTGRES_ENV = """pgmig_alembic_env =
+    POSTGRES_SERVER={host}
+    POSTGRES_PORT={port}
+    POSTGRES_USER={user}
+    POSTGRES_PASSWORD={password}
+    POSTGRES_DB={database}
+"""
+
+# an application that reads its settings once per process (a module-level settings object)
+CACHED_SETTINGS = "import os\n\nDATABASE_URL = os.environ['DATABASE_URL']\n"
+ENV_CACHED = ENV_SYNC.replace(
+    'create_engine(os.environ["DATABASE_URL"]', "create_engine(appsettings.DATABASE_URL"
+).replace("import os\n", "import appsettings\n")
 
 REVISION_1 = '''\
 """users, searched by trigram"""

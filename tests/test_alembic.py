@@ -5,7 +5,16 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from alembic_projects import ENV_ASYNC, ENV_SYNC, TESTS, write_project
+from alembic_projects import (
+    CACHED_SETTINGS,
+    ENV_ASYNC,
+    ENV_CACHED,
+    ENV_POSTGRES,
+    ENV_SYNC,
+    POSTGRES_ENV,
+    TESTS,
+    write_project,
+)
 from plugin_support import INI_ASYNC, sql
 from reliability_support import text_of
 
@@ -23,13 +32,20 @@ def project(pytester: pytest.Pytester, env_py: str, ini: str) -> None:
     pytester.makeini(INI_ASYNC + ini)
 
 
-@pytest.mark.parametrize("shape", ["sync env.py on psycopg", "async env.py on asyncpg"])
+SHAPES = {
+    "sync env.py on psycopg": (ENV_SYNC, SYNC_ENV),
+    "async env.py on asyncpg": (ENV_ASYNC, ASYNC_ENV),
+    "POSTGRES_* variables on psycopg2": (ENV_POSTGRES, POSTGRES_ENV),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("mode", ["dsn, -n 2, scope test", "embedded, serial, scope worker"])
 def test_an_alembic_history_is_applied_once_and_reset_between_tests(
     pytester: pytest.Pytester, request: pytest.FixtureRequest, shape: str, mode: str
 ) -> None:
-    sync = shape.startswith("sync")
-    project(pytester, ENV_SYNC if sync else ENV_ASYNC, SYNC_ENV if sync else ASYNC_ENV)
+    # pg_trgm's operator class used unqualified, in a schema per worker of one database
+    project(pytester, *SHAPES[shape])
     args = ["--pgmig-alembic=db", "-p", "no:randomly"]
     dsn = None
     if mode.startswith("dsn"):
@@ -44,9 +60,41 @@ def test_an_alembic_history_is_applied_once_and_reset_between_tests(
     result.stdout.fnmatch_lines(
         ["pgmig: server *; migrations *=db/alembic.ini (alembic) [[]cli[]]*"]
     )
+    # the tests ran in schemas (the down check alone has a database)
+    result.stdout.no_fnmatch_line("*isolation: database for*")
     if dsn is not None:
-        # applied in databases of the run's own: nothing in the user's
+        # nothing in the user's database
         assert sql(dsn, "SELECT to_regclass('public.items')") == [(None,)]
+        assert sql(dsn, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pgmig%'") == [(0,)]
+
+
+def test_each_schema_gets_its_own_upgrade_whatever_the_application_caches(
+    pytester: pytest.Pytester, run_base: str
+) -> None:
+    # the settings module reads DATABASE_URL once per process: a second upgrade in the pytest
+    # process would go to the first schema, and leave the second one empty
+    project(pytester, ENV_CACHED, SYNC_ENV)
+    (pytester.path / "db" / "appsettings.py").write_text(CACHED_SETTINGS)
+    pytester.makepyfile(
+        test_app="""
+        import psycopg
+
+
+        async def test_two_schemas_at_once(pgmig_factory):
+            first, second = await pgmig_factory(), await pgmig_factory()
+            assert first.name != second.name
+            for schema in (first, second):
+                with psycopg.connect(schema.dsn) as conn:
+                    assert conn.execute("SELECT current_schema()").fetchone()[0] == schema.name
+                    assert conn.execute("SELECT title FROM items").fetchall() == [("seed",)]
+                    conn.execute("INSERT INTO users (name) VALUES ('ada')")
+                    found = "SELECT count(*) FROM users WHERE name % 'ad'"
+                    assert conn.execute(found).fetchone()[0] == 1
+        """
+    )
+    result = pytester.runpytest_subprocess("--pgmig-alembic=db", "-p", "no:randomly", "-k", "two")
+    assert result.ret == 0, text_of(result)
+    result.assert_outcomes(passed=3)  # with heads and down, never deselected
 
 
 def test_the_ini_url_and_the_connection_attribute_reach_the_target(
@@ -146,9 +194,38 @@ def test_a_branched_history_with_a_fixed_schema(
     if merged:
         assert result.ret == 0, text_of(result)
         result.assert_outcomes(passed=3)  # the test, heads, and down (branched: not walked)
-        return
-    result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines(["*alembic.ini has 2 heads: * Merge them*"])
+    else:
+        result.assert_outcomes(passed=2, failed=1)
+        result.stdout.fnmatch_lines(["*alembic.ini has 2 heads: * Merge them*"])
+    # the schema "projects" moved the history to databases; none of it stays on the server
+    result.stdout.fnmatch_lines(
+        ["*isolation: database for *alembic.ini (auto: *schema projects (created*"]
+    )
+    assert sql(server_dsn, "SELECT to_regnamespace('projects')") == [(None,)]
+
+
+def test_a_fixed_schema_under_schema_isolation_is_a_failure_naming_it(
+    pytester: pytest.Pytester, server_dsn: str
+) -> None:
+    from alembic_projects import BRANCH_TESTS, BRANCHES, MERGE
+
+    project(pytester, ENV_SYNC, SYNC_ENV + "pgmig_isolation = schema\n")
+    versions = pytester.path / "db" / "migrations" / "versions"
+    for name, text in {**BRANCHES, **MERGE}.items():
+        (versions / name).write_text(text)
+    (pytester.path / "test_app.py").unlink()
+    pytester.makepyfile(test_branches=textwrap.dedent(BRANCH_TESTS))
+    result = pytester.runpytest_subprocess(
+        "--pgmig-alembic=db", f"--pgmig-dsn={server_dsn}", "-p", "no:randomly", "-k", "both"
+    )
+    result.assert_outcomes(passed=1, failed=2)  # the down check's upgrade fails the same
+    result.stdout.fnmatch_lines(
+        [
+            "*alembic.ini writes outside the schema it migrates: schema projects (created*",
+            "*runs under database isolation: pgmig_isolation = auto*",
+        ]
+    )
+    assert sql(server_dsn, "SELECT to_regnamespace('projects')") == [(None,)]
 
 
 def test_the_engines_on_an_sql_set_in_a_schema(pytester: pytest.Pytester, server_dsn: str) -> None:

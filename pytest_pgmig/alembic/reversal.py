@@ -2,76 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
+from pytest_pgmig.alembic.listen import Watch
+from pytest_pgmig.alembic.steps import Steps
 from pytest_pgmig.alembic.target import Target
 from pytest_pgmig.alembic.upgrade import history
 from pytest_pgmig.checks.snapshot import differences, explain
 from pytest_pgmig.checks.workspace import Workspace
-from pytest_pgmig.errors import CheckFailed, MigrationError
-
-_STEP_TIMEOUT = 600.0
-
-
-class Steps:
-    """Alembic commands run one at a time in a process of the check's own (see
-    `pytest_pgmig.alembic.steps`), so that no cached setting points at another database."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    @classmethod
-    async def start(cls, ini: Path, target: Target, env: Sequence[tuple[str, str]]) -> Steps:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "pytest_pgmig.alembic.steps",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=ini.parent,
-        )
-        steps = cls(process)
-        setup = {"ini": str(ini), "target": asdict(target), "env": [list(p) for p in env]}
-        await steps._send(json.dumps(setup))
-        return steps
-
-    async def _send(self, line: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line.encode() + b"\n")
-        await self.process.stdin.drain()
-
-    async def run(self, command: str, revision: str) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        await self._send(f"{command} {revision}")
-        line = await asyncio.wait_for(self.process.stdout.readline(), _STEP_TIMEOUT)
-        if not line:
-            raise MigrationError(
-                f"alembic {command} {revision} ended its process without an answer.",
-                hint="Run `alembic upgrade heads` by hand to see why.",
-            )
-        try:
-            answer: dict[str, Any] = json.loads(line)
-        except json.JSONDecodeError:
-            raise MigrationError(
-                f"alembic {command} {revision} answered {line[:200]!r}, not its result.",
-                hint="Something in env.py wrote to the check's channel; report it.",
-            ) from None
-        return answer
-
-    async def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        try:
-            await asyncio.wait_for(self.process.wait(), 10)
-        except asyncio.TimeoutError:
-            self.process.kill()
-            await self.process.wait()
+from pytest_pgmig.errors import CheckFailed
 
 
 async def check_alembic_downs(ws: Workspace, ini: Path, env: Sequence[tuple[str, str]]) -> str:
@@ -79,7 +19,7 @@ async def check_alembic_downs(ws: Workspace, ini: Path, env: Sequence[tuple[str,
     as it was, and the upgrade again the same schema as the first time. A revision whose
     downgrade does nothing is irreversible (counted, skipped); a branched history is
     upgraded whole, its downgrades not checked."""
-    steps = await Steps.start(ini, Target.from_dsn(ws.dsn), env)
+    steps = await _start(ws, ini, env)
     try:
         revisions = history(ini)
         if not revisions:
@@ -124,6 +64,18 @@ async def check_alembic_downs(ws: Workspace, ini: Path, env: Sequence[tuple[str,
     return text
 
 
+async def _start(ws: Workspace, ini: Path, env: Sequence[tuple[str, str]]) -> Steps:
+    """Alembic's process for the workspace: in a schema, the extensions are left alone, as in
+    the tests' schemas, and each transaction is checked for writes outside it."""
+    watch = None
+    if not ws.database:
+        installed = await ws.conn.fetchval("SELECT array_agg(extname) FROM pg_extension")
+        check = ws.options.check
+        sql = (check.before_sql(), check.after_sql()) if check is not None else None
+        watch = Watch(frozenset(installed), sql)
+    return await Steps.start(ini, Target.from_dsn(ws.dsn, schema=ws.schema), env, watch)
+
+
 async def _step(steps: Steps, command: str, revision: str, name: str) -> None:
     answer = await steps.run(command, revision)
     if not answer.get("ok"):
@@ -134,7 +86,7 @@ async def _step(steps: Steps, command: str, revision: str, name: str) -> None:
 async def check_models(ws: Workspace, ini: Path, env: Sequence[tuple[str, str]]) -> str:
     """``alembic check`` after ``upgrade heads``: env.py's ``target_metadata`` must find
     nothing to autogenerate against the migrated schema."""
-    steps = await Steps.start(ini, Target.from_dsn(ws.dsn), env)
+    steps = await _start(ws, ini, env)
     try:
         await _step(steps, "upgrade", "heads", "")
         answer = await steps.run("check", "")

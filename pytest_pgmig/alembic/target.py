@@ -20,6 +20,9 @@ class Target:
     database: str
     schema: str = "public"
     socket: str = ""  # a unix socket folder, when the server listens on one
+    # libpq's `options` (``-c search_path=...``) where no role of the schema's own sets it;
+    # asyncpg cannot take it
+    options: str = ""
 
     @classmethod
     def from_dsn(cls, dsn: str, *, schema: str = "public") -> Target:
@@ -41,6 +44,7 @@ class Target:
             database=unquote(parts.path.lstrip("/")),
             schema=schema,
             socket=socket if socket.startswith("/") else "",
+            options=unquote(query.get("options", "")),
         )
 
     def url(self, driver: str | None = None) -> str:
@@ -54,10 +58,15 @@ class Target:
         auth = quote(self.user, safe="") + (
             f":{quote(self.password, safe='')}" if self.password else ""
         )
+        query = []
         if self.socket:
-            where = f"host={quote(self.socket, safe='')}&port={self.port}"
-            return f"{scheme}://{auth}@/{quote(self.database)}?{where}"
-        return f"{scheme}://{auth}@{self.host}:{self.port}/{quote(self.database)}"
+            query += [f"host={quote(self.socket, safe='')}", f"port={self.port}"]
+            where = f"{scheme}://{auth}@/{quote(self.database)}"
+        else:
+            where = f"{scheme}://{auth}@{self.host}:{self.port}/{quote(self.database)}"
+        if self.options and driver != "asyncpg":
+            query.append(f"options={quote(self.options, safe='')}")
+        return f"{where}?{'&'.join(query)}" if query else where
 
 
 def render(template: str, target: Target) -> str:

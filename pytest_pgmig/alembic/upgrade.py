@@ -6,13 +6,15 @@ import configparser
 import os
 import threading
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pytest_pgmig.alembic.listen import OutsideWrite, Watch, watching
 from pytest_pgmig.alembic.target import Target, render
-from pytest_pgmig.errors import MigrationError
+from pytest_pgmig.errors import MigrationError, OutsideSchemaError
 
 INI = "alembic.ini"
 # env.py reads settings from the environment; one run sets them at a time
@@ -22,17 +24,29 @@ Adjust = Callable[[Any, Target], None]
 
 
 def upgrade(
-    ini: Path, target: Target, env: Sequence[tuple[str, str]], adjust: Adjust | None = None
+    ini: Path,
+    target: Target,
+    env: Sequence[tuple[str, str]],
+    adjust: Adjust | None = None,
+    watch: Watch | None = None,
 ) -> int:
     """Apply every head of the history of `ini` to `target`; the number of revisions.
 
     Each ``VAR=TEMPLATE`` of `env` is set in the environment while Alembic runs (see
     `pytest_pgmig.alembic.target.render`), the ini's ``sqlalchemy.url`` points at `target`
     with the driver it named, ``config.attributes["connection"]`` holds a connection there
-    when a synchronous driver is installed, and `adjust(config, target)` may change the rest.
-    Run it once per history and process: applications cache their settings per process.
+    when a synchronous driver is installed, and `adjust(config, target)` may change the rest;
+    `watch` (a run in a test's schema) leaves installed extensions alone and checks each
+    transaction for writes outside the schema.
+    Run it once per process: applications cache their settings per process
+    (`pytest_pgmig.alembic.runs` decides where each run goes).
     """
-    config = run_command(ini, target, env, "upgrade", "heads", adjust)
+    config = run_command(ini, target, env, "upgrade", "heads", adjust, watch)
+    return revision_count(config)
+
+
+def revision_count(config: Any) -> int:
+    """How many revisions the history of `config` has."""
     _, _, script_type = _alembic()
     return sum(1 for _ in script_type.from_config(config).walk_revisions())
 
@@ -44,14 +58,16 @@ def run_command(
     command_name: str,
     revision: str,
     adjust: Adjust | None = None,
+    watch: Watch | None = None,
 ) -> Any:
     """Run ``alembic <command_name> <revision>`` on `target` as `upgrade` does; its Config."""
     command, config_type, _ = _alembic()
     config = config_type(str(ini))
     config.set_main_option("sqlalchemy.url", _url(config, target).replace("%", "%%"))
+    _paths_from_the_ini_folder(config, ini)
     if adjust is not None:
         adjust(config, target)
-    with _environment(env, target):
+    with _environment(env, target), watching(watch or Watch()):
         try:
             with _connection(target) as connection:
                 if connection is not None:
@@ -61,6 +77,21 @@ def run_command(
         except Exception as exc:
             raise _failed(ini, config, exc, command_name) from None
     return config
+
+
+def _paths_from_the_ini_folder(config: Any, ini: Path) -> None:
+    """``prepend_sys_path = .`` names the folder `alembic` is run from, the ini's: pytest
+    runs elsewhere, so its relative entries are made absolute."""
+    get = getattr(config, "get_prepend_sys_paths_list", None)
+    if get is None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # a legacy separator, Alembic's say
+        paths = get()
+    if paths:
+        absolute = [str((ini.parent / p).resolve()) for p in paths if p]
+        config.set_main_option("prepend_sys_path", os.pathsep.join(absolute))
+        config.set_main_option("path_separator", "os")
 
 
 def history(ini: Path) -> list[tuple[str, str | None, str, bool]]:
@@ -160,6 +191,11 @@ def _connection(target: Target) -> Iterator[Any]:
 
 def _failed(ini: Path, config: Any, exc: Exception, command_name: str) -> MigrationError:
     """The failure, naming the revision file it happened in when the traceback shows it."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OutsideWrite):
+            return outside_error(ini, cause.what, cause.detail)
+        cause = cause.__cause__ or cause.__context__
     script = str(Path(ini.parent, str(config.get_main_option("script_location") or "")).resolve())
     frames = list(reversed(traceback.extract_tb(exc.__traceback__)))
     revision = next(
@@ -185,8 +221,28 @@ def _failed(ini: Path, config: Any, exc: Exception, command_name: str) -> Migrat
     )
 
 
+def revision_files(ini: Path) -> list[Path]:
+    """The files of every revision of the history of `ini`."""
+    _, config_type, script_type = _alembic()
+    script = script_type.from_config(config_type(str(ini)))
+    return [Path(rev.path) for rev in script.walk_revisions()]
+
+
 def heads(ini: Path) -> list[str]:
     """The heads of the history of `ini`, each with the file it is in."""
     _, config_type, script_type = _alembic()
     script = script_type.from_config(config_type(str(ini)))
     return [f"{rev.revision} ({Path(rev.path).name})" for rev in script.get_revisions("heads")]
+
+
+def outside_error(ini: Path, what: str, detail: str) -> OutsideSchemaError:
+    """A transaction of the history wrote outside the test's schema (and was rolled back)."""
+    return OutsideSchemaError(
+        f"Alembic upgrade of {ini} writes outside the schema it migrates: {what} ({detail}). "
+        "That revision's transaction was rolled back.",
+        INI,
+        what=f"{what} ({detail})",
+        cluster=what.startswith("role "),
+        hint="A history that names schemas of its own (schema=..., version_table_schema=...) "
+        "runs under database isolation: pgmig_isolation = auto (the default) moves it there.",
+    )

@@ -32,7 +32,8 @@ class Workspace:
     schema: str
     options: ApplyOptions
     database: bool = False
-    dsn: str = ""  # a throwaway database's own DSN, for a tool that connects itself
+    # its own DSN (the schema first on search_path), for a tool that connects itself
+    dsn: str = ""
 
     def module_name(self, mset: MigrationSet) -> str:
         """The set's module_name here, as the tests' schemas (or databases) have it."""

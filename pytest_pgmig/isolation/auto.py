@@ -37,8 +37,6 @@ class AutoIsolation:
     async def acquire(
         self, sets: Sets, *, spare: bool = False, lane: str = "", database: bool = False
     ) -> Slot:
-        # an Alembic history runs where Alembic put it: a database (schemas come later)
-        database = database or any(m.reading.alembic for m in sets)
         if database:
             await self._start_databases(None)
         elif sets not in self._moved:
@@ -56,9 +54,9 @@ class AutoIsolation:
 
     async def check(self, sets: Sets, procedure: Procedure[T]) -> T:
         """Run a migration check where the set's tests run: in a schema, or in a database
-        once its files are found to write outside their schema (then the tests move too)."""
-        alembic = any(m.reading.alembic for m in sets)
-        if alembic:
+        once its files are found to write outside their schema (then the tests move too).
+        An Alembic history's checks run Alembic in a database of their own."""
+        if any(m.reading.alembic for m in sets):
             await self._start_databases(None)
         elif sets not in self._moved:
             try:

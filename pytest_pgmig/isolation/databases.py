@@ -215,16 +215,17 @@ class DatabaseIsolation(ControlSession):
 
     async def _alembic(self, database: str, mset: MigrationSet, *, keep: int) -> int:
         """Apply an Alembic history to `database` with Alembic itself (once per set and
-        process: the template); the sessions its env.py left there (all but `keep`, ours)
-        are ended, or the template could not be copied."""
+        process: the template; `pytest_pgmig.alembic.runs` says where); the sessions its
+        env.py left there (all but `keep`, ours) are ended, or the template could not be
+        copied."""
+        from pytest_pgmig.alembic.runs import upgrade_heads
         from pytest_pgmig.alembic.target import Target
-        from pytest_pgmig.alembic.upgrade import upgrade
 
         target = Target.from_dsn(with_database(self.context.admin_dsn, database))
         context = self.context
         try:
-            revisions = await asyncio.to_thread(
-                upgrade, mset.path, target, context.alembic_env, context.alembic_hook
+            revisions = await upgrade_heads(
+                mset.path, target, context.alembic_env, context.alembic_hook
             )
         except MigrationError as exc:
             raise migration_failed(mset, exc) from None

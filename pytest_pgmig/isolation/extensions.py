@@ -108,6 +108,34 @@ def find_extensions(
     return tuple(found)
 
 
+# ``CREATE EXTENSION`` in a Python migration's string, up to where that string or statement ends
+_IN_PYTHON = re.compile(r"""CREATE\s+EXTENSION\b[^;'\n]*""", re.IGNORECASE)
+
+
+def find_in_python(text: str, filename: str) -> tuple[ExtensionRequest, ...]:
+    """The ``CREATE EXTENSION`` statements a Python migration (an Alembic revision) runs.
+
+    >>> text = "op.execute('CREATE EXTENSION IF NOT EXISTS \\"uuid-ossp\\"')"
+    >>> [r.name for r in find_in_python(text, "a.py")]
+    ['uuid-ossp']
+    >>> [r.name for r in find_in_python('op.execute("create extension pg_trgm")', "a.py")]
+    ['pg_trgm']
+    """
+    found = []
+    for match in _IN_PYTHON.finditer(text):
+        snippet = match.group(0).replace('\\"', '"')
+        # the Python string holding it may end in the snippet: `"...pg_trgm")`
+        cut = snippet.rsplit('"', 1)[0] if snippet.count('"') % 2 else snippet.rstrip(")")
+        parsed = parse_create_extension(snippet) or parse_create_extension(cut)
+        if parsed is not None:
+            name, version, cascade = parsed
+            line = line_of(text, match.start())
+            found.append(
+                ExtensionRequest(name, version, cascade, filename, line, match.start(), match.end())
+            )
+    return tuple(found)
+
+
 async def install(conn: asyncpg.Connection, requests: Sequence[ExtensionRequest]) -> list[str]:
     """Install what `requests` ask for where missing; return the schemas the extensions are in.
 

@@ -9,11 +9,11 @@ import asyncpg  # type: ignore[import-untyped]
 from pytest_pgmig.engine.apply import RaisingCheck
 from pytest_pgmig.engine.sqltext import Statement
 from pytest_pgmig.engine.templates import sql_literal
-from pytest_pgmig.errors import MigrationError, OutsideSchemaError
+from pytest_pgmig.errors import OUTSIDE_SQLSTATE, MigrationError, OutsideSchemaError
 from pytest_pgmig.isolation.registry import REGISTRY, ROLE_PATTERN
 
 # the SQLSTATE outside_v2 raises: a write outside the migrated schema
-OUTSIDE = "PGM01"
+OUTSIDE = OUTSIDE_SQLSTATE
 _CENSUS_SETTING = "pgmig.census"
 
 # Objects of the system have OIDs below 16384 (FirstNormalObjectId): never the user's.

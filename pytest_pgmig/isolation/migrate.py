@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -42,9 +44,16 @@ class SetMigrator:
 
     verified: set[MigrationSet] = field(default_factory=set)
     paths: dict[MigrationSet, tuple[str, ...]] = field(default_factory=dict)
+    # how Alembic histories are pointed at their target (`pytest_pgmig.isolation.base.Context`)
+    alembic_env: Sequence[tuple[str, str]] = ()
+    alembic_hook: Callable[[Any, Any], None] | None = None
 
-    async def migrate(self, conn: asyncpg.Connection, name: str, sets: Sets) -> Migrated:
-        """Migrate schema `name` with `sets`; raises `MigrationFailed` naming the file."""
+    async def migrate(
+        self, conn: asyncpg.Connection, name: str, sets: Sets, *, dsn: str = ""
+    ) -> Migrated:
+        """Migrate schema `name` with `sets`; raises `MigrationFailed` naming the file.
+
+        `dsn` logs in with the schema first on search_path: Alembic histories run there."""
         module_names: dict[str, str] = {}
         path: tuple[str, ...] = ()
         applied = 0
@@ -53,21 +62,10 @@ class SetMigrator:
             module_names[mset.module] = module_name
             try:
                 set_path = await self.extension_path(conn, mset)
-                options = ApplyOptions(
-                    search_path=set_path,
-                    skip=_SKIP,
-                    check=None if mset in self.verified else Guard(name),
-                    batch=True,
-                )
-                runner = Runner(
-                    name,
-                    mset.path,
-                    module_name,
-                    table=TRACKING_TABLE,
-                    options=options,
-                    reading=mset.reading,
-                )
-                applied += len((await runner.upgrade(conn)).done)
+                if mset.reading.alembic:
+                    applied += await self._alembic(conn, name, mset, dsn)
+                else:
+                    applied += await self._files(conn, name, mset, module_name, set_path)
             except MigrationError as exc:
                 await conn.execute("RESET ALL")
                 raise migration_failed(mset, exc) from None
@@ -78,20 +76,88 @@ class SetMigrator:
         await conn.execute("RESET ALL")
         return Migrated(module_names, path or (extensions.EXTENSION_SCHEMA,), applied)
 
+    async def _files(
+        self,
+        conn: asyncpg.Connection,
+        name: str,
+        mset: MigrationSet,
+        module_name: str,
+        set_path: tuple[str, ...],
+    ) -> int:
+        options = ApplyOptions(
+            search_path=set_path,
+            skip=_SKIP,
+            check=None if mset in self.verified else Guard(name),
+            batch=True,
+        )
+        runner = Runner(
+            name,
+            mset.path,
+            module_name,
+            table=TRACKING_TABLE,
+            options=options,
+            reading=mset.reading,
+        )
+        return len((await runner.upgrade(conn)).done)
+
+    async def _alembic(
+        self, conn: asyncpg.Connection, name: str, mset: MigrationSet, dsn: str
+    ) -> int:
+        """Run an Alembic history into schema `name` through its `dsn`: the extensions it
+        creates are installed already, and its first run here is checked for writes
+        outside the schema, transaction by transaction."""
+        from pytest_pgmig.alembic.listen import Watch
+        from pytest_pgmig.alembic.runs import upgrade_heads
+        from pytest_pgmig.alembic.target import Target
+
+        installed = frozenset(await conn.fetchval("SELECT array_agg(extname) FROM pg_extension"))
+        guard = Guard(name)
+        watch = Watch(
+            installed,
+            None if mset in self.verified else (guard.before_sql(), guard.after_sql()),
+        )
+        return await upgrade_heads(
+            mset.path,
+            Target.from_dsn(dsn, schema=name),
+            self.alembic_env,
+            self.alembic_hook,
+            watch=watch,
+        )
+
+    async def search_path(self, conn: asyncpg.Connection, name: str, sets: Sets) -> tuple[str, ...]:
+        """Schema `name`, then the schemas of the extensions `sets` create (installed now)."""
+        path: list[str] = []
+        for mset in sets:
+            try:
+                path += await self.extension_path(conn, mset)
+            except MigrationError as exc:
+                raise migration_failed(mset, exc) from None
+        return tuple(dict.fromkeys((name, *(path or [extensions.EXTENSION_SCHEMA]))))
+
     async def extension_path(self, conn: asyncpg.Connection, mset: MigrationSet) -> tuple[str, ...]:
         """Install the extensions a set creates (once per process); the schemas they are in."""
         path = self.paths.get(mset)
         if path is None:
-            requests = [
-                request
-                for file in load_migrations(mset.path, mset.reading)
-                for request in extensions.find_extensions(
-                    file.content, file.plan.statements, file.filename
-                )
-            ]
+            requests = _extension_requests(mset)
             path = tuple(await extensions.install(conn, requests)) if requests else ()
             self.paths[mset] = path = path or (extensions.EXTENSION_SCHEMA,)
         return path
+
+
+def _extension_requests(mset: MigrationSet) -> list[extensions.ExtensionRequest]:
+    if mset.reading.alembic:
+        from pytest_pgmig.alembic.upgrade import revision_files
+
+        return [
+            request
+            for file in revision_files(mset.path)
+            for request in extensions.find_in_python(file.read_text(encoding="utf-8"), file.name)
+        ]
+    return [
+        request
+        for file in load_migrations(mset.path, mset.reading)
+        for request in extensions.find_extensions(file.content, file.plan.statements, file.filename)
+    ]
 
 
 def migration_failed(mset: MigrationSet, problem: MigrationError) -> MigrationFailed:

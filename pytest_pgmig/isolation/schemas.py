@@ -58,7 +58,9 @@ class SchemaIsolation(ControlSession):
         self._server_pid = 0
         self._pools: dict[tuple[str, Sets], _SetPool] = {}
         self._warned: set[Sets] = set()
-        self._migrator = SetMigrator()
+        self._migrator = SetMigrator(
+            alembic_env=context.alembic_env, alembic_hook=context.alembic_hook
+        )
         # what each schema held when its state was first taken: its fingerprint reads it
         self._known: dict[str, reset.Known] = {}
         self._roles = Roles(context.admin_dsn, enabled=False)
@@ -104,15 +106,10 @@ class SchemaIsolation(ControlSession):
         (`database` is not for this strategy to give: `--pgmig-isolation=schema` was asked).
 
         With `spare`, one more schema is kept in preparation in the background, so that a
-        test's schema can be reset off the next test's path.
+        test's schema can be reset off the next test's path (not for an Alembic history:
+        a later schema costs it a process of its own, `pytest_pgmig.alembic.runs`).
         """
-        alembic = [m for m in sets if m.reading.alembic]
-        if alembic:
-            message = (
-                f"pgmig: the Alembic history {alembic[0].path} runs under database isolation "
-                "for now: set pgmig_isolation = auto (the default) or database."
-            )
-            raise MigrationFailed(message, message)
+        spare = spare and not any(m.reading.alembic for m in sets)
         pool = self._pools.setdefault((lane, sets), _SetPool())
         slot = await pool.take()
         if slot is None:
@@ -178,7 +175,11 @@ class SchemaIsolation(ControlSession):
                 options = ApplyOptions(
                     search_path=tuple(dict.fromkeys(path)), skip=CHECK_SKIP, check=Guard(name)
                 )
-                return await procedure(Workspace(self.conn, name, options))
+                # a tool that connects itself (Alembic) logs in as the tests' schemas do
+                dsn = ""
+                if any(m.reading.alembic for m in sets):
+                    dsn = await self._dsn(name, (name, *options.search_path))
+                return await procedure(Workspace(self.conn, name, options, dsn=dsn))
             finally:
                 await self.conn.execute("RESET ALL")  # what the files SET, as after migrating
                 await self._discard(name)
@@ -196,7 +197,10 @@ class SchemaIsolation(ControlSession):
             self._mine.append(name)
             self.stats.created += 1
             try:
-                migrated = await self._migrator.migrate(self.conn, name, sets)
+                # the schema's own DSN first: an Alembic history logs in with it
+                search_path = await self._migrator.search_path(self.conn, name, sets)
+                dsn = await self._dsn(name, search_path)
+                migrated = await self._migrator.migrate(self.conn, name, sets, dsn=dsn)
                 break
             except MigrationFailed as exc:
                 await self._discard(name)
@@ -213,8 +217,6 @@ class SchemaIsolation(ControlSession):
             self.conn, name, log=self.context.own_server
         )
         lib = sets[0].module if sets else self.context.module_default
-        search_path = tuple(dict.fromkeys((name, *migrated.path)))
-        dsn = await self._dsn(name, search_path)
         schema = PgmigSchema(
             name=name,
             module_name=migrated.module_names.get(lib, f"{lib}_{name}"),

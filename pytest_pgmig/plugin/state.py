@@ -148,6 +148,9 @@ class PgmigState:
         """The conftests' `pytest_pgmig_alembic_config` hook, before an Alembic run."""
         self.config.hook.pytest_pgmig_alembic_config(config=config, target=target)
 
+    def _alembic_hooked(self) -> bool:
+        return bool(self.config.hook.pytest_pgmig_alembic_config.get_hookimpls())
+
     def isolation_on(self, info: ServerInfo) -> Isolation:
         """This process's isolation on `info` (the `pgmig_server` fixture's value), made on
         first use."""
@@ -167,7 +170,8 @@ class PgmigState:
             module_default=first or opts.module.value or "app",
             own_server=info.source != "dsn" or opts.ddl_log.value,
             alembic_env=opts.alembic_env.value,
-            alembic_hook=self._alembic_hook,
+            # without a conftest's hook, Alembic may run in a process of its own
+            alembic_hook=self._alembic_hook if self._alembic_hooked() else None,
         )
         strategies: dict[str, Callable[[Context], Isolation]] = {
             "auto": AutoIsolation,
