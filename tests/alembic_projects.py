@@ -298,3 +298,85 @@ def test_both_branches_and_the_fixed_schema(pgmig_dsn):
         assert conn.execute("SELECT count(*) FROM tags").fetchone()[0] == 0
         conn.execute("INSERT INTO projects.boards VALUES (2, 'mine')")
 """
+
+# a Flask-Migrate project: `flask db init` puts alembic.ini (no script_location) and env.py
+# (which needs the app context) in migrations/; the engine is the Flask app's
+FLASK_APP = """\
+from flask import Flask
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+
+db = SQLAlchemy()
+migrate = Migrate()
+
+
+class Note(db.Model):
+    id = db.Column(db.Integer, primary_key=True)
+    body = db.Column(db.Text, nullable=False)
+
+
+def create_app(url):
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    db.init_app(app)
+    migrate.init_app(app, db)
+    return app
+"""
+FLASK_CONFTEST = """\
+from flaskapp import create_app
+
+
+def pytest_pgmig_alembic_config(config, target):
+    return create_app(target.url("psycopg")).app_context()
+"""
+FLASK_REVISION = """\
+from alembic import op
+import sqlalchemy as sa
+
+revision = "f1"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table(
+        "note", sa.Column("id", sa.Integer, primary_key=True), sa.Column("body", sa.Text)
+    )
+
+
+def downgrade():
+    op.drop_table("note")
+"""
+FLASK_TESTS = """
+import psycopg
+
+
+def test_the_app_history(pgmig_dsn, pgmig_schema):
+    with psycopg.connect(pgmig_dsn) as conn:
+        assert conn.execute("SELECT current_schema()").fetchone()[0] == pgmig_schema.name
+        conn.execute("INSERT INTO note (body) VALUES ('x')")
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "f1"
+
+
+async def test_a_second_schema_gets_its_own_app(pgmig_factory):
+    other = await pgmig_factory()
+    with psycopg.connect(other.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM note").fetchone()[0] == 0
+"""
+
+
+def write_flask_project(root: Path) -> None:
+    """A Flask-Migrate project under `root`, made as `flask db init` makes it."""
+    import flask_migrate
+
+    template = Path(flask_migrate.__file__).parent / "templates" / "flask"
+    migrations = root / "migrations"
+    (migrations / "versions").mkdir(parents=True)
+    for name in ("env.py", "script.py.mako"):
+        (migrations / name).write_text((template / name).read_text())
+    (migrations / "alembic.ini").write_text((template / "alembic.ini.mako").read_text())
+    (migrations / "versions" / "f1_notes.py").write_text(FLASK_REVISION)
+    (root / "flaskapp.py").write_text(FLASK_APP)
+    (root / "conftest.py").write_text(FLASK_CONFTEST)
+    (root / "test_flask.py").write_text(FLASK_TESTS)

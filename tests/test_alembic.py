@@ -161,6 +161,20 @@ def test_the_conftest_hook_adjusts_the_config(pytester: pytest.Pytester, server_
     result.assert_outcomes(passed=7)  # no down check where the hook is needed
 
 
+def test_a_flask_migrate_project_runs_in_its_app_context(
+    pytester: pytest.Pytester, server_dsn: str
+) -> None:
+    from alembic_projects import write_flask_project
+
+    write_flask_project(pytester.path)
+    pytester.makeini(INI_ASYNC)
+    result = pytester.runpytest_subprocess(
+        "--pgmig-alembic=migrations", f"--pgmig-dsn={server_dsn}", "-p", "no:randomly"
+    )
+    assert result.ret == 0, text_of(result)
+    result.assert_outcomes(passed=3)  # the tests and heads (a hook: no down check)
+
+
 def test_templates_render_every_placeholder() -> None:
     target = Target("db.local", 5433, "app", "s3cr:t", "test_1", schema="s1")
     assert render("{url}", target) == "postgresql://app:s3cr%3At@db.local:5433/test_1"

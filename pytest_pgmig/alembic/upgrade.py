@@ -8,7 +8,7 @@ import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ INI = "alembic.ini"
 # env.py reads settings from the environment; one run sets them at a time
 _ENV_LOCK = threading.Lock()
 
-Adjust = Callable[[Any, Target], None]
+# the conftests' hook: it may change the Config, and give a context to run Alembic in
+Adjust = Callable[[Any, Target], AbstractContextManager[Any] | None]
 
 
 def upgrade(
@@ -61,13 +62,11 @@ def run_command(
     watch: Watch | None = None,
 ) -> Any:
     """Run ``alembic <command_name> <revision>`` on `target` as `upgrade` does; its Config."""
-    command, config_type, _ = _alembic()
-    config = config_type(str(ini))
+    command, _, _ = _alembic()
+    config = _config(ini)
     config.set_main_option("sqlalchemy.url", _url(config, target).replace("%", "%%"))
     _paths_from_the_ini_folder(config, ini)
-    if adjust is not None:
-        adjust(config, target)
-    with _environment(env, target), watching(watch or Watch()):
+    with _environment(env, target), _adjusted(adjust, config, target), watching(watch or Watch()):
         try:
             with _connection(target) as connection:
                 if connection is not None:
@@ -77,6 +76,27 @@ def run_command(
         except Exception as exc:
             raise _failed(ini, config, exc, command_name) from None
     return config
+
+
+def _config(ini: Path) -> Any:
+    """Alembic's Config of `ini`; without ``script_location`` (Flask-Migrate's ini, which
+    sits in the migrations folder beside env.py), that folder."""
+    _, config_type, _ = _alembic()
+    config = config_type(str(ini))
+    if not config.get_main_option("script_location") and (ini.parent / "env.py").is_file():
+        config.set_main_option("script_location", str(ini.parent))
+    return config
+
+
+@contextmanager
+def _adjusted(adjust: Adjust | None, config: Any, target: Target) -> Iterator[None]:
+    """The conftest's hook, its context (a Flask app context) around the run."""
+    context = adjust(config, target) if adjust is not None else None
+    if context is None:
+        yield
+        return
+    with context:
+        yield
 
 
 def _paths_from_the_ini_folder(config: Any, ini: Path) -> None:
@@ -99,8 +119,8 @@ def history(ini: Path) -> list[tuple[str, str | None, str, bool]]:
     whether its downgrade does anything); [] for a branched one."""
     import ast
 
-    _, config_type, script_type = _alembic()
-    script = script_type.from_config(config_type(str(ini)))
+    _, _, script_type = _alembic()
+    script = script_type.from_config(_config(ini))
     revisions = list(reversed(list(script.walk_revisions())))
     if (
         any(isinstance(r.down_revision, (tuple, list)) for r in revisions)
@@ -223,15 +243,15 @@ def _failed(ini: Path, config: Any, exc: Exception, command_name: str) -> Migrat
 
 def revision_files(ini: Path) -> list[Path]:
     """The files of every revision of the history of `ini`."""
-    _, config_type, script_type = _alembic()
-    script = script_type.from_config(config_type(str(ini)))
+    _, _, script_type = _alembic()
+    script = script_type.from_config(_config(ini))
     return [Path(rev.path) for rev in script.walk_revisions()]
 
 
 def heads(ini: Path) -> list[str]:
     """The heads of the history of `ini`, each with the file it is in."""
-    _, config_type, script_type = _alembic()
-    script = script_type.from_config(config_type(str(ini)))
+    _, _, script_type = _alembic()
+    script = script_type.from_config(_config(ini))
     return [f"{rev.revision} ({Path(rev.path).name})" for rev in script.get_revisions("heads")]
 
 

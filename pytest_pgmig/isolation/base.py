@@ -93,7 +93,7 @@ class Context:
     own_server: bool = False
     # ``VAR=TEMPLATE`` settings Alembic runs with, and the conftest hook adjusting its Config
     alembic_env: tuple[tuple[str, str], ...] = ()
-    alembic_hook: Callable[[Any, Any], None] | None = None
+    alembic_hook: Callable[[Any, Any], Any] | None = None
 
 
 @dataclass

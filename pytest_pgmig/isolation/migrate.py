@@ -46,7 +46,7 @@ class SetMigrator:
     paths: dict[MigrationSet, tuple[str, ...]] = field(default_factory=dict)
     # how Alembic histories are pointed at their target (`pytest_pgmig.isolation.base.Context`)
     alembic_env: Sequence[tuple[str, str]] = ()
-    alembic_hook: Callable[[Any, Any], None] | None = None
+    alembic_hook: Callable[[Any, Any], Any] | None = None
 
     async def migrate(
         self, conn: asyncpg.Connection, name: str, sets: Sets, *, dsn: str = ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
@@ -144,9 +145,19 @@ class PgmigState:
             fail_test(self.server_error)
         return self.info
 
-    def _alembic_hook(self, config: Any, target: Any) -> None:
-        """The conftests' `pytest_pgmig_alembic_config` hook, before an Alembic run."""
-        self.config.hook.pytest_pgmig_alembic_config(config=config, target=target)
+    def _alembic_hook(self, config: Any, target: Any) -> AbstractContextManager[Any]:
+        """The conftests' `pytest_pgmig_alembic_config` hook, before an Alembic run; the
+        contexts they return, entered around it."""
+        stack = ExitStack()
+        try:
+            hook = self.config.hook.pytest_pgmig_alembic_config
+            for context in hook(config=config, target=target):
+                if context is not None:
+                    stack.enter_context(context)
+        except BaseException:
+            stack.close()
+            raise
+        return stack
 
     def _alembic_hooked(self) -> bool:
         return bool(self.config.hook.pytest_pgmig_alembic_config.get_hookimpls())
