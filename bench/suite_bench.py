@@ -16,6 +16,7 @@ test bodies and driver are the same for every contender; only the `conn` fixture
                  in place like schemas)
   c'. worker scope, a connection per test, without the DDL log (a user's server)
   h. pgmig_psycopg (a connection kept per schema, reset between tests), without the DDL log
+  i. pgmig_psycopg_tx (the test's work in a transaction rolled back: no reset), no DDL log
 
 All on one embedded server started here; pytest-pgmig runs with --pgmig-dsn and
 PGMIG_DDL_LOG=1 (the event-trigger DDL log it installs on a server of its own; the row
@@ -141,6 +142,13 @@ def conn(pgmig_psycopg):
     yield pgmig_psycopg
     pgmig_psycopg.commit()
 """
+# the rollback fixture: what the test wrote is rolled back, the schema not reset
+CONFTESTS["pgmig-tx"] = """
+import pytest
+@pytest.fixture
+def conn(pgmig_psycopg_tx):
+    return pgmig_psycopg_tx
+"""
 
 
 def write_suite(folder: Path, kind: str, n: int) -> None:
@@ -264,6 +272,16 @@ def bench_set(
             ["--pgmig-scope=worker"],
             {"PGMIG_DDL_LOG": "0"},
         ),
+        "i. pgmig test, pgmig_psycopg_tx, no DDL log": (
+            "pgmig-tx",
+            ["--pgmig-scope=test"],
+            {"PGMIG_DDL_LOG": "0"},
+        ),
+        "i. pgmig worker, pgmig_psycopg_tx, no DDL log": (
+            "pgmig-tx",
+            ["--pgmig-scope=worker"],
+            {"PGMIG_DDL_LOG": "0"},
+        ),
         "d. pytest-postgresql": ("pytest-postgresql", ["-p", "no:pgmig"], {}),
         "e. pgmig test -n 2": ("pgmig-test", ["--pgmig-scope=test", "-n", "2"], {}),
         "e. pgmig worker -n 2": ("pgmig-worker", ["--pgmig-scope=worker", "-n", "2"], {}),
@@ -331,6 +349,35 @@ def table(title: str, res: dict[str, tuple[float, ...]], n: int) -> str:
     return "\n".join(lines)
 
 
+# the performance issue's targets: (row, what is measured, its limit)
+TARGETS = (
+    ("i. pgmig test, pgmig_psycopg_tx, no DDL log", "x floor", 1.2),
+    ("i. pgmig worker, pgmig_psycopg_tx, no DDL log", "x floor", 1.2),
+    ("h. pgmig test, pgmig_psycopg, no DDL log", "x floor", 1.3),
+    ("h. pgmig worker, pgmig_psycopg, no DDL log", "x floor", 1.3),
+    ("b'. pgmig test, no DDL log", "ms over a2", 1.5),
+    ("c'. pgmig worker, no DDL log", "ms over a2", 1.5),
+)
+
+
+def targets(res: dict[str, tuple[float, ...]], n: int) -> str:
+    """Each target next to what this run measured (whole runs: fixed costs count)."""
+    lines = ["\ntargets (whole runs, medians)"]
+    floor, connect = res.get("a. floor"), res.get("a2. floor, conn per test")
+    for label, what, limit in TARGETS:
+        if label not in res:
+            continue
+        if what == "x floor" and floor:
+            value = res[label][0] / floor[0]
+        elif what == "ms over a2" and connect:
+            value = (res[label][0] - connect[0]) / n * 1000
+        else:
+            continue
+        met = "met" if value <= limit else "NOT met"
+        lines.append(f"{label:48} {value:6.2f} {what:10} target <= {limit}: {met}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -378,6 +425,7 @@ def main() -> None:
 
             res = run_set("default", 11, 10, contenders=args.only, baseline=args.baseline)
             print(table("\ndefault set: M=11 files, T=10 tables", res, args.tests))
+            print(targets(res, args.tests))
             extra = []
             if args.large:
                 rows = ["a. floor", "b. pgmig test", "c. pgmig worker"]

@@ -92,6 +92,12 @@ class AutoIsolation:
             raise self._refused from None
         self._databases_started = True
 
+    def take_ready(self, sets: Sets, lane: str) -> Slot | None:
+        return None if sets in self._moved else self.schemas.take_ready(sets, lane)
+
+    def give_back(self, slot: Slot) -> bool:
+        return self._owner(slot).give_back(slot)
+
     async def release(self, slot: Slot) -> None:
         await self._owner(slot).release(slot)
 

@@ -105,6 +105,9 @@ class Slot:
     state: str
     reset_fn: str | None = None  # its own reset function, made at its first reset
     lane: str = ""  # the pool it returns to: worker scope keeps its schema to itself
+    # what a test whose work was rolled back leaves to undo (SQL setting its sequences back,
+    # run by the rollback fixtures after their ROLLBACK); None: the strategy resets instead
+    undo: str | None = None
 
 
 @dataclass
@@ -115,6 +118,7 @@ class Stats:
     dropped: int = 0
     kept: int = 0
     reused: int = 0
+    rolled_back: int = 0  # given back without a reset: the test's work was rolled back
     migrations: int = 0
     reset_failed: int = 0
     reset_cause: str = ""  # the first failed reset's set and error
@@ -136,6 +140,7 @@ class Stats:
         "dropped",
         "kept",
         "reused",
+        "rolled_back",
         "migrations",
         "reset_failed",
         "databases_created",
@@ -172,7 +177,8 @@ class Stats:
         median = statistics.median(per_test) * 1000 if per_test else 0.0
         lines = [
             f"schemas: {self.created} created, {self.dropped} dropped, {self.kept} kept, "
-            f"{self.reused} resets for reuse",
+            f"{self.reused} resets for reuse"
+            + (f", {self.rolled_back} rolled back (no reset)" if self.rolled_back else ""),
             *(
                 [
                     f"databases: {self.databases_created} created, {self.databases_dropped} "
@@ -200,10 +206,10 @@ class Stats:
 class Isolation(Protocol):
     """How the fixtures get and give back a clean migrated place for a test.
 
-    Schemas (`pytest_pgmig.isolation.schemas.SchemaIsolation`) are the first strategy;
-    databases cloned from a template will sit beside them. A slot handed out by `acquire`
-    goes back through `release` (reset for a later test, off the test's path) or `keep`
-    (left for inspection); `close` drops what the process made.
+    Schemas (`pytest_pgmig.isolation.schemas.SchemaIsolation`) and databases cloned from a
+    template (`pytest_pgmig.isolation.databases.DatabaseIsolation`) are the strategies. A
+    slot handed out by `acquire` goes back through `release` (reset for a later test, off
+    the test's path) or `keep` (left for inspection); `close` drops what the process made.
     """
 
     stats: Stats
@@ -217,6 +223,15 @@ class Isolation(Protocol):
     ) -> Slot:
         """A clean migrated slot for `sets` (raises `MigrationFailed`); with `database`, a
         database of its own where the strategy can give one (pgdbm's fixtures' semantics)."""
+
+    def take_ready(self, sets: Sets, lane: str) -> Slot | None:
+        """A clean slot ready now, without the runtime's thread; None: call `acquire`.
+
+        For the thread that calls `acquire` and `release`, between those calls."""
+
+    def give_back(self, slot: Slot) -> bool:
+        """Give back a slot whose test's work was rolled back (its `undo` run), without the
+        runtime's thread; False: call `release`."""
 
     async def release(self, slot: Slot) -> None:
         """Give a slot back: it is reset in the background and serves a later test."""

@@ -103,6 +103,14 @@ class DatabaseIsolation(ControlSession):
             pool.pending.append(asyncio.create_task(self._spare(sets, lane)))
         return slot
 
+    def take_ready(self, sets: Sets, lane: str) -> Slot | None:
+        """None: a database's slots are always handed out through `acquire`."""
+        return None
+
+    def give_back(self, slot: Slot) -> bool:
+        """False: a database is reset after every test (see `release`)."""
+        return False
+
     async def release(self, slot: Slot) -> None:
         """Reset the test's database in the background (ending its sessions) for a later test."""
         pool = self._pools[(slot.lane, slot.key)]

@@ -258,14 +258,22 @@ def _table_sql(
     )
 
 
-def _sequences_sql(schema: str, template: Template | None) -> list[str]:
-    """Set each sequence back to the template's state, where it moved."""
+def _sequences_sql(schema: str, template: Template | None, verb: str = "PERFORM") -> list[str]:
+    """Set each sequence back to the template's state, where it moved (`verb` ``SELECT``:
+    statements of their own, not a function's)."""
     statements = []
     for seq in template.sequences if template is not None else ():
         ref = f"{lit(q(schema) + '.' + q(seq.name))}::regclass"
         expected = str(seq.value) if seq.called else "NULL"
         statements.append(
-            f"PERFORM setval({ref}, {seq.value}, {str(seq.called).lower()}) "
+            f"{verb} setval({ref}, {seq.value}, {str(seq.called).lower()}) "
             f"WHERE pg_sequence_last_value({ref}) IS DISTINCT FROM {expected};"
         )
     return statements
+
+
+def sequences_sql(schema: str, template: Template | None) -> str:
+    """What a rolled-back test leaves to undo (nextval does not roll back): each sequence
+    set back to the template's state where it moved, run after the ROLLBACK; "" for a set
+    without sequences."""
+    return "\n".join(_sequences_sql(schema, template, "SELECT"))

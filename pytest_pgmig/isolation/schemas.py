@@ -122,12 +122,36 @@ class SchemaIsolation(ControlSession):
                     raise
                 if pool.template is None and sets:
                     pool.template = await self._keep_seeds(slot.schema.name)
+                slot.undo = reset.sequences_sql(slot.schema.name, pool.template)
                 return slot
         # A second test of this set is here: from now on one schema is prepared while the
         # previous one is reset (a run of one test never pays for the spare).
         if spare and not pool.free and not pool.pending:
             pool.pending.append(asyncio.create_task(self._spare(sets, lane)))
+        if slot.undo is None:
+            slot.undo = reset.sequences_sql(slot.schema.name, pool.template)
         return slot
+
+    def take_ready(self, sets: Sets, lane: str) -> Slot | None:
+        """A clean schema ready now, taken without the loop's thread (None: `acquire`).
+
+        Only for the thread that calls `acquire` and `release` through the runtime, between
+        those calls: they alone touch a pool's free list (background resets and spares hand
+        their slots over through `pending`), so no lock is needed.
+        """
+        pool = self._pools.get((lane, sets))
+        if pool is None or not pool.free or pool.failure is not None:
+            return None
+        return pool.free.pop()
+
+    def give_back(self, slot: Slot) -> bool:
+        """Take back a schema whose test's work was rolled back (its `undo` run by the
+        rollback fixtures), clean as it is, without the loop's thread (as `take_ready`)."""
+        if slot.undo is None:
+            return False
+        self.stats.rolled_back += 1
+        self._pools[(slot.lane, slot.key)].free.append(slot)
+        return True
 
     async def release(self, slot: Slot) -> None:
         """Reset a test's schema in the background (ending its sessions) for a later test.

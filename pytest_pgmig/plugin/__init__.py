@@ -19,6 +19,7 @@ from pytest_pgmig.plugin import checks, options, settings
 from pytest_pgmig.plugin.connections import pgmig_psycopg
 from pytest_pgmig.plugin.engines import pgmig_async_engine, pgmig_engine
 from pytest_pgmig.plugin.fixtures import (
+    _pgmig_place,  # noqa: F401  (a fixture: registered by being here)
     pgmig_conn,
     pgmig_db,
     pgmig_dsn,
@@ -28,6 +29,7 @@ from pytest_pgmig.plugin.fixtures import (
     pgmig_schema,
     pgmig_server,
 )
+from pytest_pgmig.plugin.rollback import pgmig_psycopg_tx, pgmig_tx
 from pytest_pgmig.plugin.state import KEPT, SCHEMA, STATE, PgmigFailed, PgmigState
 from pytest_pgmig.servers.dsn import redact
 from pytest_pgmig.servers.info import ServerInfo, version_text
@@ -42,8 +44,10 @@ __all__ = [
     "pgmig_migrations",
     "pgmig_pool",
     "pgmig_psycopg",
+    "pgmig_psycopg_tx",
     "pgmig_schema",
     "pgmig_server",
+    "pgmig_tx",
 ]
 
 

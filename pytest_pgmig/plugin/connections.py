@@ -21,11 +21,8 @@ KEEP_AT_MOST = 4
 # dropped them when it runs the same DISCARD ALL again. They stay, prepared for the next test.
 # asyncpg's Connection.reset() closes cursors, unlistens and unlocks itself: it needs only
 # `_RESET_MORE` (RESET ALL again after SET SESSION AUTHORIZATION, in the same round trip).
-_RESET_MORE = """
-DISCARD TEMP;
-DISCARD SEQUENCES;
-SET SESSION AUTHORIZATION DEFAULT;
-RESET ALL;
+# SQL PREPAREd statements, not the drivers' own (made through the protocol)
+DEALLOCATE_SQL = """
 DO $pgmig$
 DECLARE
     statement text;
@@ -36,6 +33,10 @@ BEGIN
 END
 $pgmig$;
 """
+_RESET_MORE = (
+    "DISCARD TEMP;\nDISCARD SEQUENCES;\nSET SESSION AUTHORIZATION DEFAULT;\nRESET ALL;"
+    + DEALLOCATE_SQL
+)
 _RESET_SESSION = "CLOSE ALL;\nUNLISTEN *;\nSELECT pg_advisory_unlock_all();" + _RESET_MORE
 
 
@@ -56,14 +57,7 @@ def pgmig_psycopg(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> 
             pgmig_psycopg.execute("INSERT INTO users (name) VALUES ('ada')")
             assert pgmig_psycopg.execute("SELECT count(*) FROM users").fetchone() == (1,)
     """
-    try:
-        import psycopg
-    except ImportError:
-        pytest.fail(
-            "pgmig_psycopg needs psycopg 3, which is not installed: "
-            "pip install 'pytest-pgmig[psycopg]' (or pip install 'psycopg[binary]').",
-            pytrace=False,
-        )
+    psycopg = require_psycopg("pgmig_psycopg")
     kept = state_of(request.config).psycopg
     conn = kept.pop(pgmig_schema.dsn, None)
     if conn is None or not _alive(conn):
@@ -75,6 +69,19 @@ def pgmig_psycopg(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> 
         _keep(kept, pgmig_schema.dsn, conn, lambda old: old.close())
     else:
         conn.close()
+
+
+def require_psycopg(fixture: str) -> Any:
+    """The psycopg module, or the test fails saying how to install it."""
+    try:
+        import psycopg
+    except ImportError:
+        pytest.fail(
+            f"{fixture} needs psycopg 3, which is not installed: "
+            "pip install 'pytest-pgmig[psycopg]' (or pip install 'psycopg[binary]').",
+            pytrace=False,
+        )
+    return psycopg
 
 
 def _keep(kept: dict[Any, Any], key: Any, value: Any, close: Any) -> None:

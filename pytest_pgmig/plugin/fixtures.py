@@ -6,6 +6,9 @@ They build on each other, so overriding one in a conftest changes all that follo
                                  -> pgmig_conn -> pgmig_db -> pgmig_migrations
                                  -> pgmig_pool
     pgmig_server -> pgmig_factory
+
+(`pgmig_schema` itself takes the schema from `_pgmig_place`, as the rollback fixtures
+`pgmig_tx` and `pgmig_psycopg_tx` do: a test that asks for nothing else gets no reset.)
 """
 
 from __future__ import annotations
@@ -25,7 +28,16 @@ from pytest_pgmig.errors import MigrationFailed
 from pytest_pgmig.isolation.base import PgmigSchema, Sets, Slot
 from pytest_pgmig.plugin import marker, settings
 from pytest_pgmig.plugin.connections import give_back_asyncpg, take_asyncpg
-from pytest_pgmig.plugin.state import KEPT, SCHEMA, PgmigWarning, fail_test, state_of
+from pytest_pgmig.plugin.state import (
+    KEPT,
+    OUTSIDE_TX,
+    ROLLED_BACK,
+    SCHEMA,
+    SLOT,
+    PgmigWarning,
+    fail_test,
+    state_of,
+)
 from pytest_pgmig.runtime import close_or_terminate
 
 if TYPE_CHECKING:
@@ -84,14 +96,23 @@ def pgmig_server(request: pytest.FixtureRequest) -> ServerInfo:
 
 
 @pytest.fixture
-def pgmig_schema(request: pytest.FixtureRequest, pgmig_server: ServerInfo) -> Iterator[PgmigSchema]:
+def _pgmig_place(request: pytest.FixtureRequest, pgmig_server: ServerInfo) -> Iterator[PgmigSchema]:
+    """The test's migrated schema, before anyone could have written to it but through the
+    rollback fixtures (`pytest_pgmig.plugin.rollback`), which take it from here."""
+    sets, scope = marker.plan(request)
+    with isolated_schema(request, pgmig_server, sets, scope=scope) as schema:
+        yield schema
+
+
+@pytest.fixture
+def pgmig_schema(request: pytest.FixtureRequest, _pgmig_place: PgmigSchema) -> PgmigSchema:
     """This test's migrated schema (in worker scope, the worker's).
 
     `.name`, `.module_name` (`<lib>_<schema>`) and `.dsn` (search_path set to the schema).
     """
-    sets, scope = marker.plan(request)
-    with isolated_schema(request, pgmig_server, sets, scope=scope) as schema:
-        yield schema
+    # its DSN is out: whatever the test does with it, the schema is reset after
+    request.node.stash[OUTSIDE_TX] = True
+    return _pgmig_place
 
 
 @contextlib.contextmanager
@@ -109,23 +130,31 @@ def isolated_schema(
     state = state_of(request.config)
     started = time.perf_counter()
     isolation = state.isolation_on(server)
+    # worker scope: the worker's schema, in a pool of its own
+    slot = None if database else isolation.take_ready(sets, scope)
     try:
-        # worker scope: the worker's schema, in a pool of its own
-        slot = state.call(
-            isolation.acquire(sets, spare=scope == "test", lane=scope, database=database)
-        )
+        if slot is None:
+            slot = state.call(
+                isolation.acquire(sets, spare=scope == "test", lane=scope, database=database)
+            )
     except MigrationFailed as exc:
         fail_test(str(exc))
     isolation.stats.setup_s.append(time.perf_counter() - started)
     while isolation.warnings:
         warnings.warn(PgmigWarning(isolation.warnings.pop(0)), stacklevel=1)
     request.node.stash[SCHEMA] = slot.schema
+    request.node.stash[SLOT] = slot
     yield slot.schema
     if state.server_error is not None:
         return  # the server is gone: nothing to reset, and the test already says so
     started = time.perf_counter()
     kept = request.node.stash.get(KEPT, None) is not None
-    state.call(isolation.keep(slot) if kept else isolation.release(slot))
+    stash = request.node.stash
+    rolled_back = stash.get(ROLLED_BACK, False) and not stash.get(OUTSIDE_TX, False)
+    if kept:
+        state.call(isolation.keep(slot))
+    elif not (rolled_back and isolation.give_back(slot)):
+        state.call(isolation.release(slot))
     isolation.stats.teardown_s.append(time.perf_counter() - started)
 
 

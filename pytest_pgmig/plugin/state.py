@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 import pytest
 
 from pytest_pgmig.errors import ServerError
-from pytest_pgmig.isolation.base import Context, MigrationSet, PgmigSchema, Stats
+from pytest_pgmig.isolation.base import Context, MigrationSet, PgmigSchema, Slot, Stats
 from pytest_pgmig.plugin import settings
 from pytest_pgmig.servers.dsn import scrub
 
@@ -257,6 +257,12 @@ STATE = pytest.StashKey[PgmigState]()
 KEPT = pytest.StashKey[str]()
 # the schema handed to a test, for --pgmig-keep to name when the test fails
 SCHEMA = pytest.StashKey[PgmigSchema]()
+# the rollback fixtures rolled the test's work back, all of it; anything else that could have
+# written to the schema (its DSN handed out) says so in OUTSIDE_TX: then the schema is reset
+ROLLED_BACK = pytest.StashKey[bool]()
+OUTSIDE_TX = pytest.StashKey[bool]()
+# the slot behind the test's schema: its `undo` is what the rollback fixtures run
+SLOT = pytest.StashKey[Slot]()
 
 
 def state_of(config: pytest.Config) -> PgmigState:
