@@ -51,6 +51,13 @@ async def test_1_asyncpg_leaves_everything(pgmig_tx, i):
     assert await conn.fetchval("SELECT count(*) FROM users") == 2
 
 
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("i", range(2))
+async def test_1_asyncpg_on_a_module_loop(pgmig_tx, i):
+    assert await pgmig_tx.fetchval("SELECT count(*) FROM users") == 1
+    await pgmig_tx.execute("INSERT INTO users (name) VALUES ('on the module loop')")
+
+
 @pytest.mark.parametrize("i", range(4))
 def test_2_nothing_carried(pgmig_psycopg_tx, i):
     conn = pgmig_psycopg_tx
@@ -84,9 +91,9 @@ def test_a_rolled_back_test_leaves_nothing_and_costs_no_reset(
     make_project(pytester, CARRY_TESTS)
     result = pytester.runpytest_subprocess("--pgmig-migrations=migrations", *args)
     assert result.ret == 0, text_of(result)
-    result.assert_outcomes(passed=12)
+    result.assert_outcomes(passed=14)
     # every test's work was rolled back: no schema was reset
-    result.stdout.fnmatch_lines(["schemas: * 0 resets for reuse, 12 rolled back (no reset)"])
+    result.stdout.fnmatch_lines(["schemas: * 0 resets for reuse, 14 rolled back (no reset)"])
 
 
 FALLBACK_TESTS = """
