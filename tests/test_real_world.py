@@ -130,17 +130,23 @@ def test_extension_set_under_xdist(
         args.append(f"--pgmig-dsn={dsn}")
     else:
         request.getfixturevalue("run_base")
-    # twice against the DSN: a fresh database, then one that has the extensions already
-    for _ in range(2 if dsn else 1):
+    # twice against the DSN: a fresh database (the registry kept), then one that has the
+    # extensions already
+    for keep in ("1", "0") if dsn else ("0",):
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        monkeypatch.setenv("PGMIG_KEEP_REGISTRY", keep)
         result = pytester.runpytest_subprocess(*args)
         assert result.ret == 0, text_of(result)
         result.assert_outcomes(passed=20)
+        if dsn is not None and keep == "1":
+            # installed once, in public
+            assert extension_locations(dsn) == dict.fromkeys(
+                ["citext", "uuid-ossp", "pgcrypto", "pg_trgm", "hstore", "ltree", "btree_gist"],
+                "public",
+            )
     if dsn is not None:
-        # installed once, in public, and never dropped by the plugin
-        assert extension_locations(dsn) == dict.fromkeys(
-            ["citext", "uuid-ossp", "pgcrypto", "pg_trgm", "hstore", "ltree", "btree_gist"],
-            "public",
-        )
+        # and removed by the last run, since runs installed them
+        assert extension_locations(dsn) == {}
 
 
 def test_extension_already_installed_elsewhere_is_used_where_it_is(

@@ -91,6 +91,9 @@ class Context:
     statement_timeout: float = 60.0
     module_default: str = "app"
     own_server: bool = False
+    # a user's server (--pgmig-dsn) without pgmig_keep_registry: the last run on a database
+    # removes what runs made there (`pytest_pgmig.isolation.registry.leave`)
+    leave_registry: bool = False
     # ``VAR=TEMPLATE`` settings Alembic runs with, and the conftest hook adjusting its Config
     alembic_env: tuple[tuple[str, str], ...] = ()
     alembic_hook: Callable[[Any, Any], Any] | None = None

@@ -83,8 +83,7 @@ class DatabaseIsolation(ControlSession):
                 "as a role that has it, or use --pgmig-isolation=schema (migrations that "
                 "write outside their schema then fail, naming the file)."
             )
-        await registry.install(self._conn, own_server=self.context.own_server)
-        self._lease = await registry.take_lease(self._conn)
+        self._lease = await registry.enter(self._conn, own_server=self.context.own_server)
         return await registry.reap(self._conn)
 
     async def acquire(
@@ -139,6 +138,7 @@ class DatabaseIsolation(ControlSession):
             dropped = await registry.drop_databases(conn, self._mine, lease=self._lease)
             self.stats.databases_dropped += len(dropped)
             self._mine = []
+            await self.leave(conn)
         finally:
             await close_or_terminate(conn)
             if self._conn is not None and not self._conn.is_closed():

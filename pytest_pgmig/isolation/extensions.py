@@ -144,7 +144,7 @@ async def install(conn: asyncpg.Connection, requests: Sequence[ExtensionRequest]
     once. Nothing is ever dropped. Raises `MigrationError` naming the file for an extension
     the server does not have, or one the role may not create.
     """
-    from pytest_pgmig.isolation.registry import LOCK_CLASS
+    from pytest_pgmig.isolation.registry import LOCK_CLASS, record_extensions
 
     names = sorted({r.name for r in requests})
     where = await _installed(conn, names)
@@ -162,11 +162,15 @@ async def install(conn: asyncpg.Connection, requests: Sequence[ExtensionRequest]
                 raise _unavailable(request)
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS, INSTALL_LOCK)
+            before = set(await conn.fetchval("SELECT array_agg(extname) FROM pg_extension"))
             for request in missing:
                 try:
                     await conn.execute(_create_sql(request))
                 except asyncpg.PostgresError as exc:
                     raise _refused(request, exc) from exc
+            # CASCADE's too: the last run removes what runs installed (`registry.leave`)
+            after = await conn.fetchval("SELECT array_agg(extname) FROM pg_extension")
+            await record_extensions(conn, sorted(set(after) - before))
         where = await _installed(conn, names)
     return list(dict.fromkeys([EXTENSION_SCHEMA, *(where[name] for name in names)]))
 

@@ -86,6 +86,19 @@ class ControlSession:
             settings["session_replication_role"] = "replica"
         return settings
 
+    async def leave(self, conn: asyncpg.Connection) -> None:
+        """On a user's server, the last run on its database removes the registry and the
+        extensions runs installed (`registry.leave`), unless told to keep them."""
+        if not self.context.leave_registry or conn.is_closed():
+            return
+        from pytest_pgmig.isolation import registry
+
+        removed = await registry.leave(conn)
+        if removed:
+            self.stats.notes.append(
+                "registry: the last run on this database removed " + ", ".join(removed)
+            )
+
     async def settle(self, pools: Iterable[SetPool], *, timeout: float) -> None:
         """Before dropping: let background work finish, and whatever was interrupted on the
         control connection unwind (taking `op` for good)."""

@@ -29,13 +29,34 @@ CREATE TABLE IF NOT EXISTS {registry}.{kind} (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 """
-_INSTALL = f"CREATE SCHEMA IF NOT EXISTS {REGISTRY};\n" + "".join(
-    _OWNED.format(registry=REGISTRY, kind=kind) for kind in ("schemas", "databases")
+_INSTALL = (
+    f"CREATE SCHEMA IF NOT EXISTS {REGISTRY};\n"
+    + "".join(_OWNED.format(registry=REGISTRY, kind=kind) for kind in ("schemas", "databases"))
+    # the extensions a run installed in this database, removed with the registry
+    + f"CREATE TABLE IF NOT EXISTS {REGISTRY}.extensions (name text PRIMARY KEY);\n"
 )
+# another process's lease on this database: a run that is alive (see `take_lease`)
+_OTHER_LEASES = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND classid = $1 AND objsubid = 2 AND objid > 1 AND granted
+      AND pid <> pg_backend_pid()
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+)
+"""
+
+
+async def enter(conn: asyncpg.Connection, *, own_server: bool) -> int:
+    """Take this process's lease, then make sure the registry and its functions are there
+    (a run that ends removes them when no other holds a lease: `leave`); the lease."""
+    lease = await take_lease(conn)
+    await install(conn, own_server=own_server)
+    return lease
 
 
 async def install(conn: asyncpg.Connection, *, own_server: bool) -> None:
-    """Create the registry and its functions once per server, safe against concurrent runs.
+    """Create the registry and its functions once per database, safe against concurrent
+    runs, and against a last run removing them meanwhile (both hold the same lock).
 
     On a server the plugin started itself (`own_server`) it also installs event triggers
     that log DDL on our schemas; a user's server never gets a database-wide trigger.
@@ -44,35 +65,94 @@ async def install(conn: asyncpg.Connection, *, own_server: bool) -> None:
 
     wanted = [*functions.SIGNATURES, *guard.SIGNATURES]
     wanted += ["log_ddl_v1()"] if own_server else []
-    present = await conn.fetchval(
-        "SELECT count(to_regprocedure($1 || '.' || sig)) FROM unnest($2::text[]) AS sig "
-        "WHERE to_regclass($1 || '.databases') IS NOT NULL",
-        REGISTRY,
-        wanted,
-    )
-    if present == len(wanted):
-        return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS, _INSTALL_LOCK)
-        script = _INSTALL + functions.script(own_server=own_server) + guard.FUNCTIONS
-        await conn.execute(script)
+        present = await conn.fetchval(
+            "SELECT count(to_regprocedure($1 || '.' || sig)) FROM unnest($2::text[]) AS sig "
+            "WHERE to_regclass($1 || '.extensions') IS NOT NULL",
+            REGISTRY,
+            wanted,
+        )
+        if present != len(wanted):
+            script = _INSTALL + functions.script(own_server=own_server) + guard.FUNCTIONS
+            await conn.execute(script)
 
 
 async def take_lease(conn: asyncpg.Connection) -> int:
-    """Hold a session advisory lock that says "this process is alive" while `conn` lives."""
+    """Hold a session advisory lock that says "this process is alive" while `conn` lives
+    (a key no dead run's rows in the registry still name, when there is a registry)."""
     rng = random.SystemRandom()
     while True:
-        key = rng.randint(1, 2**31 - 1)
-        free = await conn.fetchval(
-            f"SELECT NOT EXISTS (SELECT 1 FROM {REGISTRY}.schemas WHERE lease = $3) "
-            f"AND NOT EXISTS (SELECT 1 FROM {REGISTRY}.databases WHERE lease = $3) "
-            "AND pg_try_advisory_lock($1, $2)",
-            LOCK_CLASS,
-            key,
+        key = rng.randint(2, 2**31 - 1)  # 0 and 1 are the install locks
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, key):
+            continue
+        named = await _named(conn, key)
+        if not named:
+            return int(key)
+        await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS, key)
+
+
+async def _named(conn: asyncpg.Connection, key: int) -> bool:
+    """Whether a dead run's rows in the registry hold lease `key` (to be reaped first)."""
+    if not await conn.fetchval(f"SELECT to_regclass('{REGISTRY}.databases') IS NOT NULL"):
+        return False
+    return bool(
+        await conn.fetchval(
+            f"SELECT EXISTS (SELECT 1 FROM {REGISTRY}.schemas WHERE lease = $1) "
+            f"OR EXISTS (SELECT 1 FROM {REGISTRY}.databases WHERE lease = $1)",
             key,
         )
-        if free:
-            return int(key)
+    )
+
+
+async def leave(conn: asyncpg.Connection) -> list[str]:
+    """After this process dropped what it made: if no other run holds a lease on this
+    database and the registry names nothing (a kept schema, what a dead run left that could
+    not be dropped yet), remove what the plugin made here, the extensions it installed and
+    the registry with its functions and event triggers; what was removed.
+
+    An extension something else now depends on stays (its name is returned with why).
+    """
+    removed: list[str] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS, _INSTALL_LOCK)
+        if await conn.fetchval(f"SELECT to_regclass('{REGISTRY}.extensions') IS NULL"):
+            return removed
+        if await conn.fetchval(_OTHER_LEASES, LOCK_CLASS) or await conn.fetchval(
+            f"SELECT EXISTS (SELECT 1 FROM {REGISTRY}.schemas) "
+            f"OR EXISTS (SELECT 1 FROM {REGISTRY}.databases)"
+        ):
+            return removed
+        left = [
+            r["name"]
+            for r in await conn.fetch(f"SELECT name FROM {REGISTRY}.extensions ORDER BY name")
+        ]
+        # one installed with CASCADE goes before what it needs: drop in rounds
+        while left:
+            kept = []
+            for name in left:
+                try:
+                    async with conn.transaction():
+                        await conn.execute(f"DROP EXTENSION IF EXISTS {quote_ident(name)}")
+                    removed.append(f"extension {name}")
+                except asyncpg.DependentObjectsStillExistError:
+                    kept.append(name)
+            if len(kept) == len(left):
+                removed += [f"(extension {n} kept: other objects now depend on it)" for n in kept]
+                break
+            left = kept
+        await conn.execute(f"DROP SCHEMA {REGISTRY} CASCADE")
+        removed.append(f"schema {REGISTRY}")
+    return removed
+
+
+async def record_extensions(conn: asyncpg.Connection, names: list[str]) -> None:
+    """Note extensions a run installed in this database, for the last run to remove."""
+    if names and await conn.fetchval(f"SELECT to_regclass('{REGISTRY}.extensions') IS NOT NULL"):
+        await conn.execute(
+            f"INSERT INTO {REGISTRY}.extensions SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+            names,
+        )
 
 
 async def register(

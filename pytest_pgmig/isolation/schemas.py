@@ -95,8 +95,7 @@ class SchemaIsolation(ControlSession):
         self._reset_conn = await asyncpg.connect(
             self.context.admin_dsn, server_settings=self.reset_settings(), timeout=10
         )
-        await registry.install(self._conn, own_server=self.context.own_server)
-        self._lease = await registry.take_lease(self._conn)
+        self._lease = await registry.enter(self._conn, own_server=self.context.own_server)
         return await registry.reap(self._conn)
 
     async def acquire(
@@ -177,6 +176,7 @@ class SchemaIsolation(ControlSession):
         try:
             if self._mine:
                 await self._drop_mine(conn)
+            await self.leave(conn)
         finally:
             for session in (conn, self._reset_conn):
                 if session is not None and not session.is_closed():

@@ -183,6 +183,13 @@ def add_options(parser: pytest.Parser) -> None:
         type="linelist",
     )
     parser.addini(
+        "pgmig_keep_registry",
+        "on a --pgmig-dsn server: keep the registry schema and the extensions runs installed "
+        "after the last run on the database (default: removed; env PGMIG_KEEP_REGISTRY=1)",
+        type="bool",
+        default=False,
+    )
+    parser.addini(
         "pgmig_ddl_log",
         "on a --pgmig-dsn server you own: install event triggers that make the per-test DDL "
         "check cheap (env PGMIG_DDL_LOG=1)",

@@ -51,6 +51,7 @@ class Settings:
     lock: bool = False
     module: Setting[str | None] = field(default_factory=lambda: Setting(None, "default"))
     ddl_log: Setting[bool] = field(default_factory=lambda: Setting(False, "default"))
+    keep_registry: Setting[bool] = field(default_factory=lambda: Setting(False, "default"))
     isolation: Setting[str] = field(default_factory=lambda: Setting("auto", "default"))
     check_down: Setting[bool] = field(default_factory=lambda: Setting(True, "default"))
     check_idempotent: Setting[bool] = field(default_factory=lambda: Setting(False, "default"))
@@ -304,7 +305,8 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> 
             "pgmig_statement_timeout", timeout_type, DEFAULT_STATEMENT_TIMEOUT
         ),
         lock=bool(config.getoption("pgmig_lock")),
-        ddl_log=_resolve_ddl_log(sources),
+        ddl_log=_resolve_switch(sources, "pgmig_ddl_log"),
+        keep_registry=_resolve_switch(sources, "pgmig_keep_registry"),
         isolation=sources.pick("pgmig_isolation", isolation_type, "auto"),
         check_down=sources.pick("pgmig_check_down", switch_type, True),
         check_idempotent=sources.pick("pgmig_check_idempotent", switch_type, False),
@@ -357,11 +359,13 @@ def _resolve_pairs(sources: _Sources, name: str) -> Setting[tuple[tuple[str, str
     return Setting((), "default")
 
 
-def _resolve_ddl_log(sources: _Sources) -> Setting[bool]:
-    raw = sources.env.get("PGMIG_DDL_LOG", "").strip()
+def _resolve_switch(sources: _Sources, name: str) -> Setting[bool]:
+    """An ini-and-env switch (`pgmig_ddl_log`, `pgmig_keep_registry`): env first."""
+    env = name.upper()
+    raw = sources.env.get(env, "").strip()
     if raw:
-        return Setting(_convert(switch_type, raw, "PGMIG_DDL_LOG"), "env PGMIG_DDL_LOG")
-    if sources.config.getini("pgmig_ddl_log"):
+        return Setting(_convert(switch_type, raw, env), f"env {env}")
+    if sources.config.getini(name):
         return Setting(True, sources.ini)
     return Setting(False, "default")
 

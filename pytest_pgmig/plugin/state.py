@@ -180,6 +180,7 @@ class PgmigState:
             statement_timeout=opts.statement_timeout.value,
             module_default=first or opts.module.value or "app",
             own_server=info.source != "dsn" or opts.ddl_log.value,
+            leave_registry=info.source == "dsn" and not opts.keep_registry.value,
             alembic_env=opts.alembic_env.value,
             # without a conftest's hook, Alembic may run in a process of its own
             alembic_hook=self._alembic_hook if self._alembic_hooked() else None,
