@@ -320,7 +320,7 @@ OUTSIDE_CASES = {
     "no-transaction": (NO_TRANSACTION, "002_index.sql", "table public.stray"),
     "concurrently": (CONCURRENT_INDEX, "002_index.sql", "relation public.existing_users"),
     "rows": (WRITES_ROWS, "002_rows.sql", "table public.existing_users (rows written)"),
-    "drop": (DROPS, "002_drop.sql", "in schema public (dropped)"),
+    "drop": (DROPS, "002_drop.sql", "relation existing_users (dropped)"),
     "subtransaction": (SUBTRANSACTION, "001_core.sql", "type public.mood"),
     "role": (ROLE, "001_role.sql", "role pgmig_test_app_role (created)"),
     # PostgreSQL 18 records SET NOT NULL as a constraint, which the check names first

@@ -61,9 +61,9 @@ async def install(conn: asyncpg.Connection, *, own_server: bool) -> None:
     On a server the plugin started itself (`own_server`) it also installs event triggers
     that log DDL on our schemas; a user's server never gets a database-wide trigger.
     """
-    from pytest_pgmig.isolation import functions, guard
+    from pytest_pgmig.isolation import functions, outside_sql
 
-    wanted = [*functions.SIGNATURES, *guard.SIGNATURES]
+    wanted = [*functions.SIGNATURES, *outside_sql.SIGNATURES]
     wanted += ["log_ddl_v1()"] if own_server else []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS, _INSTALL_LOCK)
@@ -74,7 +74,7 @@ async def install(conn: asyncpg.Connection, *, own_server: bool) -> None:
             wanted,
         )
         if present != len(wanted):
-            script = _INSTALL + functions.script(own_server=own_server) + guard.FUNCTIONS
+            script = _INSTALL + functions.script(own_server=own_server) + outside_sql.FUNCTIONS
             await conn.execute(script)
 
 
