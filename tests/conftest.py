@@ -13,7 +13,7 @@ from pathlib import Path
 # (a test that starts a server through the plugin's probe would otherwise be the first).
 import asyncpg  # type: ignore[import-untyped]  # noqa: F401
 import pytest
-from plugin_support import REAL_CACHE, run_dirs, sql
+from plugin_support import REAL_CACHE, drop_database, run_dirs, sql
 
 from pytest_pgmig.servers import runfolders
 
@@ -42,7 +42,7 @@ def fresh_database(server_dsn: str) -> Iterator[str]:
     try:
         yield server_dsn.replace("@/postgres?", f"@/{name}?")
     finally:
-        sql(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)')
+        drop_database(server_dsn, name)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,5 +104,24 @@ def role_dsn(server_dsn: str, attributes: str) -> Iterator[str]:
             "postgresql://postgres@/postgres?", f"postgresql://{name}@/{name}?"
         )
     finally:
-        sql(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)')
+        drop_database(server_dsn, name)
         sql(server_dsn, f'DROP ROLE "{name}"')
+
+
+def drop_database(server_dsn: str, name: str) -> None:
+    """Drop a test's database, ending its sessions first (PostgreSQL 12 has no FORCE)."""
+    import psycopg
+
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        for _ in range(100):
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            try:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                return
+            except psycopg.errors.ObjectInUse:
+                time.sleep(0.02)  # an ended backend takes a moment to leave
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')

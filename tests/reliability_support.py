@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -83,15 +84,21 @@ def objects(dsn: str) -> set[tuple[str, str]]:
 
 
 def tool(name: str) -> str:
-    """A PostgreSQL client program from the server's binaries (pg_dump, psql)."""
-    bindir = binaries.find_bindir()
-    path = bindir / name if bindir is not None else None
-    if path is None or not path.exists():
-        found = shutil.which(name)
-        if found is None:
-            pytest.skip(f"no {name} found")
-        return found
-    return str(path)
+    """A PostgreSQL client program (pg_dump, pg_dumpall, psql): the wheel's, the newest here,
+    which reads every older server, else the server's own (the npm builds CI runs on other
+    majors have no client programs), else the PATH's."""
+    from pytest_pgmig.servers import wheel
+
+    bindirs = []
+    with contextlib.suppress(Exception):
+        bindirs.append(wheel.wheel_bindir(binaries.cluster_account()))
+    bindirs.append(binaries.find_bindir())
+    for bindir in bindirs:
+        if bindir is not None and (bindir / name).exists():
+            return str(bindir / name)
+    found = shutil.which(name)
+    assert found is not None, f"no {name} on this machine"
+    return found
 
 
 def pg_dump(dsn: str, *, exclude: tuple[str, ...] = (REGISTRY,)) -> str:

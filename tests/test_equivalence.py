@@ -17,11 +17,12 @@ from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager
 from pytest_pgmig.engine.database import OneConnectionPool
 from pytest_pgmig.isolation.base import Context, MigrationSet
 from pytest_pgmig.isolation.schemas import SchemaIsolation
-from pytest_pgmig.servers.binaries import find_bindir
 from pytest_pgmig.servers.info import ServerInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from migration_sets import migration_files
+from plugin_support import drop_database
+from reliability_support import tool
 from typed_set import DIRTY_SQL, write_typed_set
 
 SETS = {"default": (10, 11), "large": (50, 51)}
@@ -35,9 +36,8 @@ def write_set(folder: Path, tables: int, files: int) -> Path:
 
 
 def dump_schema(dsn: str, schema: str) -> str:
-    pg_dump = find_bindir() / "pg_dump"
     out = subprocess.run(
-        [str(pg_dump), "--schema-only", "--no-owner", "-n", schema, "-d", dsn],
+        [tool("pg_dump"), "--schema-only", "--no-owner", "-n", schema, "-d", dsn],
         check=True,
         capture_output=True,
         text=True,
@@ -97,8 +97,8 @@ def nonsuper_dsn(pgmig_server: ServerInfo) -> Iterator[str]:
     yield pgmig_server.dsn.replace(
         "postgresql://postgres@/postgres?", f"postgresql://{name}@/{name}?"
     )
+    drop_database(pgmig_server.dsn, name)
     with psycopg.connect(pgmig_server.dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         conn.execute(f'DROP ROLE "{name}"')
 
 

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 from plugin_support import make_project, sql
-from reliability_support import text_of
-
-from pytest_pgmig.servers import binaries
+from reliability_support import text_of, tool
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -52,16 +50,14 @@ def test_waits_to_be_killed(pgmig_dsn):
 
 def snapshot(dsn: str) -> str:
     """The database's dump, the server's roles, databases and the database's event triggers."""
-    bindir = binaries.find_bindir()
-    assert bindir is not None
     dump = subprocess.run(
-        [str(bindir / "pg_dump"), "--no-comments", "-d", dsn],
+        [tool("pg_dump"), "--no-comments", "-d", dsn],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     roles = subprocess.run(
-        [str(bindir / "pg_dumpall"), "--roles-only", "-d", dsn],
+        [tool("pg_dumpall"), "--roles-only", "-d", dsn],
         capture_output=True,
         text=True,
         check=True,

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from plugin_support import make_project, schemas_like, sql
+from reliability_support import tool
 
 from pytest_pgmig.servers import binaries
 
@@ -252,12 +251,8 @@ def snapshot(dsn: str) -> dict[str, object]:
     return state
 
 
-def pg_dump(dsn: str) -> str | None:
-    bindir = binaries.find_bindir()
-    tool = bindir / "pg_dump" if bindir is not None else shutil.which("pg_dump")
-    if tool is None or not Path(tool).exists():
-        return None
-    args = [str(tool), "--no-owner", f"--dbname={dsn}"]
+def pg_dump(dsn: str) -> str:
+    args = [tool("pg_dump"), "--no-owner", f"--dbname={dsn}"]
     for schema in FOREIGN:
         args += ["-n", schema]
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=60).stdout

@@ -124,6 +124,9 @@ LANGUAGE sql STABLE AS $before$
         'own', (SELECT coalesce(jsonb_agg(o::bigint), '[]') FROM (
             SELECT oid AS o FROM rel
             UNION ALL SELECT reltoastrelid FROM rel WHERE reltoastrelid <> 0
+            -- (up to PostgreSQL 13 a toast table has a row type, in pg_toast)
+            UNION ALL SELECT t.reltype FROM pg_class t JOIN rel ON t.oid = rel.reltoastrelid
+                WHERE t.reltype <> 0
             UNION ALL SELECT i.indexrelid FROM pg_index i
                 JOIN rel ON i.indrelid = rel.reltoastrelid
             UNION ALL SELECT y.oid FROM pg_type y, ns WHERE y.typnamespace = ns.oid

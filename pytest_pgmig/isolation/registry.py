@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import asyncpg  # type: ignore[import-untyped]
@@ -17,6 +18,8 @@ LOCK_CLASS = 0x70676D69
 # the outside-write checks do not count them, as other tests make and drop them meanwhile
 ROLE_PATTERN = r"^pgmig_[0-9a-f]{8}_[A-Za-z0-9]+_s[0-9]+$"
 _INSTALL_LOCK = 0  # objid serialising the registry's creation
+# how often PostgreSQL 12 is asked to drop a database whose sessions are being ended
+_DROP_TRIES = 100
 
 # one table of what each run owns per kind of object, schemas and databases alike
 _OWNED = """
@@ -254,8 +257,24 @@ async def create_database(conn: asyncpg.Connection, name: str, *, template: str 
 
 
 async def drop_database(conn: asyncpg.Connection, name: str) -> None:
-    """Drop one database of ours, ending the sessions still in it (PostgreSQL 13 and later)."""
-    await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+    """Drop one database of ours, ending the sessions still in it."""
+    if conn.get_server_version().major >= 13:
+        await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+        return
+    # PostgreSQL 12 has no FORCE: end the sessions, and drop once they are gone (an ended
+    # backend takes a moment to leave; one that connects meanwhile is ended again)
+    for _ in range(_DROP_TRIES):
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}")
+            return
+        except asyncpg.ObjectInUseError:
+            await asyncio.sleep(0.02)
+    await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}")
 
 
 async def drop_databases(conn: asyncpg.Connection, names: list[str], *, lease: int) -> list[str]:
