@@ -10,16 +10,26 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncDatabaseManager",
     "AsyncMigrationManager",
+    "ChecksumMismatch",
     "DatabaseConfig",
+    "InvalidMigrationFile",
     "Migration",
     "MigrationError",
+    "MigrationSQLError",
+    "TransientMigrationError",
     "__version__",
 ]
 
 if TYPE_CHECKING:
     from pytest_pgmig.engine.database import AsyncDatabaseManager, DatabaseConfig
     from pytest_pgmig.engine.migrations import AsyncMigrationManager, Migration
-    from pytest_pgmig.errors import MigrationError
+    from pytest_pgmig.errors import (
+        ChecksumMismatch,
+        InvalidMigrationFile,
+        MigrationError,
+        MigrationSQLError,
+        TransientMigrationError,
+    )
 
 # The pytest11 entry point imports this package in every pytest run, including runs that use
 # no pgmig fixture, so the engine (and asyncpg) is imported only when a name is first used.
@@ -29,6 +39,10 @@ _LAZY = {
     "AsyncMigrationManager": "pytest_pgmig.engine.migrations",
     "Migration": "pytest_pgmig.engine.migrations",
     "MigrationError": "pytest_pgmig.errors",
+    "ChecksumMismatch": "pytest_pgmig.errors",
+    "InvalidMigrationFile": "pytest_pgmig.errors",
+    "MigrationSQLError": "pytest_pgmig.errors",
+    "TransientMigrationError": "pytest_pgmig.errors",
 }
 
 

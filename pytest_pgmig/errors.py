@@ -69,6 +69,41 @@ class MigrationError(PgmigError):
         return {key: value for key, value in fields.items() if value is not None}
 
 
+class InvalidMigrationFile(MigrationError):
+    """A migration file (or its folder) is wrong before anything runs: a name no pattern
+    accepts, two files with one version, a down without its up, bytes that are not UTF-8,
+    a placeholder that cannot be filled, a folder that is missing."""
+
+
+class ChecksumMismatch(MigrationError):
+    """A migration changed after it was applied (pgdbm's message): ``expected`` is the
+    checksum recorded when it ran, ``actual`` the file's now."""
+
+    def __init__(
+        self,
+        message: str,
+        migration_file: str,
+        *,
+        expected: str,
+        actual: str,
+        version: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, migration_file, version, hint=hint)
+        self.expected = expected
+        self.actual = actual
+
+
+class MigrationSQLError(MigrationError):
+    """The server refused a migration's SQL: ``sql_error`` is PostgreSQL's message, ``line``
+    and ``excerpt`` where in the file."""
+
+
+class TransientMigrationError(MigrationSQLError):
+    """A concurrent session got in the way (a deadlock, a lock timeout, a relation dropped
+    under a catalog scan): running the migrations again may succeed (``transient`` true)."""
+
+
 # the SQLSTATE the plugin's outside-write check raises (`pytest_pgmig.isolation.guard`)
 OUTSIDE_SQLSTATE = "PGM01"
 

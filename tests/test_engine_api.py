@@ -10,7 +10,16 @@ import asyncpg
 import pytest
 from engine_support import admin_dsn, db, schema, write  # noqa: F401
 
-from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager, DatabaseConfig, MigrationError
+from pytest_pgmig import (
+    AsyncDatabaseManager,
+    AsyncMigrationManager,
+    ChecksumMismatch,
+    DatabaseConfig,
+    InvalidMigrationFile,
+    MigrationError,
+    MigrationSQLError,
+    TransientMigrationError,
+)
 from pytest_pgmig.engine.files import checksum
 
 pytestmark = pytest.mark.asyncio
@@ -102,6 +111,9 @@ async def test_checksum_mismatch_raises_the_pages_text(
         assert info.value.message == expected
         assert "new migration" in str(info.value)
         assert info.value.migration_file == "001_users.sql"
+        # its own kind, with both checksums
+        assert isinstance(info.value, ChecksumMismatch)
+        assert (info.value.expected, info.value.actual) == (old, checksum(edited))
 
 
 async def test_module_isolation_and_custom_table(db: AsyncDatabaseManager, tmp_path: Path) -> None:
@@ -133,8 +145,9 @@ async def test_rollback_migration_and_apply_migration(
     applied = await migrations.get_applied_migrations()
     assert applied["001_a.sql"].is_applied and applied["001_a.sql"].checksum == pending.checksum
     assert applied["001_a.sql"].version == "001"
-    with pytest.raises(MigrationError, match="UniqueViolation"):
+    with pytest.raises(MigrationSQLError, match="UniqueViolation") as info:
         await migrations.apply_migration(pending)
+    assert not isinstance(info.value, TransientMigrationError) and not info.value.transient
 
 
 async def test_history_rows(db: AsyncDatabaseManager, tmp_path: Path) -> None:
@@ -176,10 +189,10 @@ async def test_bad_files_fail_before_anything_runs(
 ) -> None:
     folder = write(tmp_path / "m", {"001_a.sql": "CREATE TABLE a (id int);", "x.sql": ""})
     migrations = AsyncMigrationManager(db, str(folder), module_name="app")
-    with pytest.raises(MigrationError, match=r"'x\.sql'"):
+    with pytest.raises(InvalidMigrationFile, match=r"'x\.sql'"):
         await migrations.apply_pending_migrations()
     assert await migrations.get_applied_migrations() == {}
-    with pytest.raises(MigrationError, match="does not exist"):
+    with pytest.raises(InvalidMigrationFile, match="does not exist"):
         await AsyncMigrationManager(db, str(tmp_path / "none")).apply_pending_migrations()
 
 
@@ -255,3 +268,24 @@ async def test_connect_creates_the_schema(admin_dsn: str, schema: str) -> None:
         assert await db.fetch_value("SELECT current_schema()") == schema
     finally:
         await db.disconnect()
+
+
+async def test_a_lock_another_session_holds_is_a_transient_error(
+    db: AsyncDatabaseManager, admin_dsn: str, schema: str, tmp_path: Path
+) -> None:
+    folder = write(tmp_path / "m", {"001_a.sql": "CREATE TABLE a (id int);"})
+    migrations = AsyncMigrationManager(db, str(folder), module_name="app")
+    await migrations.apply_pending_migrations()
+    write(
+        folder, {"002_b.sql": "SET LOCAL lock_timeout = '50ms';\nALTER TABLE a ADD COLUMN b int;"}
+    )
+    holder = await asyncpg.connect(admin_dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute(f'LOCK TABLE "{schema}".a IN ACCESS EXCLUSIVE MODE')
+            with pytest.raises(TransientMigrationError, match="LockNotAvailable") as info:
+                (pending,) = await migrations.get_pending_migrations()
+                await migrations.apply_migration(pending)
+            assert info.value.transient and isinstance(info.value, MigrationSQLError)
+    finally:
+        await holder.close()

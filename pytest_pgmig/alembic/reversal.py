@@ -9,9 +9,10 @@ from pytest_pgmig.alembic.listen import Watch
 from pytest_pgmig.alembic.steps import Steps
 from pytest_pgmig.alembic.target import Target
 from pytest_pgmig.alembic.upgrade import history
+from pytest_pgmig.checks import snapshot
 from pytest_pgmig.checks.snapshot import differences, explain
-from pytest_pgmig.checks.workspace import Workspace
 from pytest_pgmig.errors import CheckFailed
+from pytest_pgmig.isolation.workspace import Workspace
 
 
 async def check_alembic_downs(ws: Workspace, ini: Path, env: Sequence[tuple[str, str]]) -> str:
@@ -27,17 +28,17 @@ async def check_alembic_downs(ws: Workspace, ini: Path, env: Sequence[tuple[str,
             return "a branched history: its downgrades are not checked"
         checked: list[str] = []
         skipped: list[str] = []
-        before = await ws.snapshot()
+        before = await snapshot.of(ws)
         for revision, down, path, acts in revisions:
             name = Path(path).name
             await _step(steps, "upgrade", revision, name)
-            applied = await ws.snapshot()
+            applied = await snapshot.of(ws)
             if not acts:
                 skipped.append(name)
                 before = applied
                 continue
             await _step(steps, "downgrade", down or "base", name)
-            found = differences(before, await ws.snapshot())
+            found = differences(before, await snapshot.of(ws))
             if found:
                 raise CheckFailed(
                     f"{name}: its downgrade does not undo its upgrade:\n"
@@ -47,7 +48,7 @@ async def check_alembic_downs(ws: Workspace, ini: Path, env: Sequence[tuple[str,
                     + f"\nMake downgrade() in {path} undo exactly what upgrade() does."
                 )
             await _step(steps, "upgrade", revision, name)
-            again = await ws.snapshot()
+            again = await snapshot.of(ws)
             found = differences(applied, again)
             if found:
                 raise CheckFailed(

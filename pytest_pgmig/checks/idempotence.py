@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pytest_pgmig.checks import snapshot
+from pytest_pgmig.checks.failed import file_failed
 from pytest_pgmig.checks.snapshot import differences, explain
-from pytest_pgmig.checks.workspace import Workspace, file_failed
 from pytest_pgmig.engine.formats import load_migrations
 from pytest_pgmig.errors import CheckFailed, MigrationError
 from pytest_pgmig.isolation.base import Sets
+from pytest_pgmig.isolation.workspace import Workspace
 
 
 async def check_idempotent(ws: Workspace, sets: Sets) -> str:
@@ -23,7 +25,7 @@ async def check_idempotent(ws: Workspace, sets: Sets) -> str:
     files = load_migrations(sets[-1].path, sets[-1].reading)
     for file in files:
         await applier.apply_file(ws.conn, file)
-    current = await ws.snapshot(rows=True)
+    current = await snapshot.of(ws, rows=True)
     for file in files:
         try:
             await applier.run(ws.conn, file.filename, file.plan)
@@ -34,7 +36,7 @@ async def check_idempotent(ws: Workspace, sets: Sets) -> str:
                 f"Make {file.path} idempotent (CREATE ... IF NOT EXISTS, INSERT ... ON "
                 "CONFLICT DO NOTHING), or turn this check off (pgmig_check_idempotent = off).",
             ) from None
-        after = await ws.snapshot(rows=True)
+        after = await snapshot.of(ws, rows=True)
         found = differences(current, after)
         if found:
             when = f"after running {file.filename} a second time"

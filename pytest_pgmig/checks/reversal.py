@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
-from pytest_pgmig.checks import accepted
+from pytest_pgmig.checks import accepted, snapshot
+from pytest_pgmig.checks.failed import file_failed
 from pytest_pgmig.checks.snapshot import Difference, Snapshot, differences, explain
-from pytest_pgmig.checks.workspace import Workspace, file_failed
 from pytest_pgmig.engine.apply import Applier
 from pytest_pgmig.engine.files import MigrationFile, plan_for
 from pytest_pgmig.engine.formats import load_migrations
@@ -16,6 +16,7 @@ from pytest_pgmig.engine.sqltext import ScriptPlan, blank, split
 from pytest_pgmig.engine.templates import quote_identifier
 from pytest_pgmig.errors import CheckFailed, MigrationError
 from pytest_pgmig.isolation.base import Sets
+from pytest_pgmig.isolation.workspace import Workspace
 
 
 @dataclass
@@ -68,10 +69,10 @@ async def check_downs(ws: Workspace, sets: Sets) -> DownReport:
             (report.without if down is None else report.empty).append(file.filename)
             current = None
             continue
-        before = current if current is not None else await ws.snapshot()
+        before = current if current is not None else await snapshot.of(ws)
         await applier.apply_file(ws.conn, file)
         await _verify(ws, applier, file, report)
-        applied = await ws.snapshot()
+        applied = await snapshot.of(ws)
         current = await _round_trip(ws, applier, file, down, before, applied, report)
         report.checked.append(file.filename)
     return report
@@ -131,7 +132,7 @@ async def _round_trip(
         raise file_failed(
             f"{down} fails", exc, f"Fix {file.down.path} so that it undoes {up}."
         ) from None
-    found = _undeclared(differences(before, await ws.snapshot()), declared, down, report)
+    found = _undeclared(differences(before, await snapshot.of(ws)), declared, down, report)
     if found:
         raise CheckFailed(
             f"{down} does not undo {up}:\n"
@@ -146,7 +147,7 @@ async def _round_trip(
             exc,
             f"{down} leaves something behind that {up} creates: make it undo all of {up}.",
         ) from None
-    again = await ws.snapshot()
+    again = await snapshot.of(ws)
     found, _ = accepted.split(differences(applied, again), declared)
     if found:
         raise CheckFailed(

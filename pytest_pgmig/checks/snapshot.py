@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from pytest_pgmig.engine.formats import TOOL_TABLES
 from pytest_pgmig.engine.templates import quote_identifier, sql_literal
+from pytest_pgmig.isolation.workspace import Workspace
 
 # key -> definition, e.g. 'index "users_email" on users' -> 'CREATE UNIQUE INDEX ...'
 Snapshot = dict[str, str]
@@ -265,3 +266,9 @@ def _first_difference(before: str, after: str, width: int = 160) -> tuple[str, s
 
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+async def of(ws: Workspace, *, rows: bool = False) -> Snapshot:
+    """The structure of what a check's files may change in workspace `ws` (and each table's
+    rows): its schema, or every schema of its database."""
+    return await take(ws.conn, None if ws.database else [ws.schema], home=ws.schema, rows=rows)

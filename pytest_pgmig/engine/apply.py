@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from pytest_pgmig.engine.database import Connection
 from pytest_pgmig.engine.files import MigrationFile, parse_version
@@ -22,7 +22,12 @@ from pytest_pgmig.engine.templates import (
     source_index,
 )
 from pytest_pgmig.engine.tracking import Tracking
-from pytest_pgmig.errors import MigrationError
+from pytest_pgmig.errors import (
+    InvalidMigrationFile,
+    MigrationError,
+    MigrationSQLError,
+    TransientMigrationError,
+)
 
 logger = logging.getLogger("pytest_pgmig.engine.migrations")
 
@@ -291,7 +296,7 @@ class Applier:
         try:
             return render(text, self.schema)
         except TemplateError as exc:
-            raise MigrationError(
+            raise InvalidMigrationFile(
                 f"Migration '{filename}': {exc}",
                 migration_file=filename,
                 hint="Fix the placeholder in the file and run the migrations again.",
@@ -344,7 +349,8 @@ class Applier:
                 "before the failing one stay committed: make them idempotent (IF NOT EXISTS), "
                 "fix the failing statement and run the migrations again."
             )
-        return MigrationError(
+        kind = TransientMigrationError if is_transient(exc) else MigrationSQLError
+        return kind(
             f"Migration '{filename}' failed{where}: {sql_error}",
             migration_file=filename,
             version=parse_version(filename),
@@ -352,7 +358,7 @@ class Applier:
             line=line,
             excerpt=snippet,
             hint=hint,
-            transient=is_transient(exc),
+            transient=kind is TransientMigrationError,
         )
 
 

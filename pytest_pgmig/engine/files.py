@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_pgmig.engine.sqltext import ScanError, ScriptPlan, analyze, excerpt, line_of
-from pytest_pgmig.errors import MigrationError
+from pytest_pgmig.errors import InvalidMigrationFile, MigrationError
 
 ACCEPTED_PATTERNS = (
     "001_name.sql, V1__name.sql (Flyway, dotted versions such as V1.2__name.sql too), "
@@ -128,7 +128,7 @@ def decode(data: bytes, filename: str) -> str:
     except UnicodeDecodeError as exc:
         offset = exc.start + skipped
         line = data.count(b"\n", 0, offset) + 1
-        raise MigrationError(
+        raise InvalidMigrationFile(
             f"Migration '{filename}' is not valid UTF-8 (byte offset {offset}, line {line}).",
             migration_file=filename,
             line=line,
@@ -143,7 +143,7 @@ def read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise MigrationError(
+        raise InvalidMigrationFile(
             f"Migration '{path.name}' cannot be read: {exc.strerror or exc}.",
             migration_file=path.name,
             hint=f"Check the permissions of {path} (the test run must be able to read it).",
@@ -173,7 +173,7 @@ def plan_for(content: str, filename: str | None = None) -> ScriptPlan:
         return analyze(content)
     except ScanError as exc:
         line = line_of(content, exc.position)
-        raise MigrationError(
+        raise InvalidMigrationFile(
             f"Migration '{filename or '<text>'}' line {line}: {exc}.",
             migration_file=filename,
             line=line,
@@ -237,7 +237,7 @@ def _scan(folder: Path) -> tuple[Signature, int]:
             if entry.name.endswith(".sql") and not entry.name.startswith(".") and entry.is_file()
         ]
     except (FileNotFoundError, NotADirectoryError):
-        raise MigrationError(
+        raise InvalidMigrationFile(
             f"Migrations folder {str(folder)!r} does not exist or is not a folder.",
             hint="Create it, or pass the folder that holds your .sql files as migrations_path.",
         ) from None
@@ -258,7 +258,7 @@ def _check_names(folder: Path, signature: Signature) -> tuple[set[str], set[str]
     ups = {name for name, *_ in signature if name.endswith(UP_SUFFIX)}
     orphans = sorted(d for d in downs if d[: -len(DOWN_SUFFIX)] + UP_SUFFIX not in ups)
     if orphans:
-        raise MigrationError(
+        raise InvalidMigrationFile(
             f"Down migration '{orphans[0]}' in {str(folder)!r} has no up migration beside it "
             f"(expected '{orphans[0][: -len(DOWN_SUFFIX)]}{UP_SUFFIX}').",
             migration_file=orphans[0],
@@ -306,7 +306,7 @@ def check_order(migrations: list[MigrationFile]) -> tuple[MigrationFile, ...]:
     by_version = sorted(migrations, key=lambda m: (m.key, m.filename))
     for before, after in itertools.pairwise(by_version):
         if before.key == after.key:
-            raise MigrationError(
+            raise InvalidMigrationFile(
                 f"Migration files '{before.filename}' and '{after.filename}' share version "
                 f"{'.'.join(map(str, before.key))}.",
                 migration_file=after.filename,
@@ -317,7 +317,7 @@ def check_order(migrations: list[MigrationFile]) -> tuple[MigrationFile, ...]:
 
 def _bad_names(folder: Path, names: list[str]) -> MigrationError:
     listed = ", ".join(repr(name) for name in names)
-    return MigrationError(
+    return InvalidMigrationFile(
         f"Migration file name(s) {listed} in {str(folder)!r} match no accepted pattern: "
         f"{ACCEPTED_PATTERNS}.",
         migration_file=names[0],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pytest_pgmig.engine.files import checksum, decode, read_bytes
 from pytest_pgmig.engine.formats import Reading, detect, load_migrations
-from pytest_pgmig.errors import MigrationError
+from pytest_pgmig.errors import InvalidMigrationFile
 
 LOCK_NAME = "pgmig.lock"
 _HEADER = (
@@ -63,7 +63,7 @@ def read(folder: Path) -> dict[str, str] | None:
             continue
         digest, _, filename = line.partition("  ")
         if len(digest) != 64 or not filename.strip():
-            raise MigrationError(
+            raise InvalidMigrationFile(
                 f"{lock}:{number}: expected '<sha256>  <file name>', got {raw!r}.",
                 hint=f"Fix the line, or delete {LOCK_NAME} and run `pytest --pgmig-lock`.",
             )

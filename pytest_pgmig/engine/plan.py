@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pytest_pgmig.engine.files import MigrationFile
-from pytest_pgmig.errors import MigrationError
+from pytest_pgmig.errors import ChecksumMismatch
 
 
 def pending(files: tuple[MigrationFile, ...], applied: Mapping[str, str]) -> list[MigrationFile]:
@@ -21,11 +21,13 @@ def pending(files: tuple[MigrationFile, ...], applied: Mapping[str, str]) -> lis
         if recorded is None or (file.repeatable and recorded != file.checksum):
             todo.append(file)
         elif recorded != file.checksum:
-            raise MigrationError(
+            raise ChecksumMismatch(
                 f"Migration '{file.filename}' has been modified after being applied!\n"
                 f"Expected checksum: {recorded}\n"
                 f"Current checksum: {file.checksum}",
-                migration_file=file.filename,
+                file.filename,
+                expected=recorded,
+                actual=file.checksum,
                 version=file.version,
                 hint="Restore the applied file and put the change in a new migration (in "
                 f"development, rollback_migration('{file.filename}') lets it run again).",

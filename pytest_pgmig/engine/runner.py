@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from pytest_pgmig.engine.apply import Applier, ApplyOptions, is_the_sql, is_transient
 from pytest_pgmig.engine.database import Connection

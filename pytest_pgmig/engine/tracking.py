@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from pytest_pgmig.engine.database import Connection, create_schema_sql, run_locked_ddl
 from pytest_pgmig.engine.files import MigrationFile, fingerprint

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pytest_pgmig.checks.workspace import Procedure, T
 from pytest_pgmig.errors import CannotCreateDatabases, MigrationError, MigrationFailed
 from pytest_pgmig.isolation.base import Context, Sets, Slot, Stats
 from pytest_pgmig.isolation.databases import DatabaseIsolation
 from pytest_pgmig.isolation.migrate import migration_failed, outside_write
 from pytest_pgmig.isolation.schemas import SchemaIsolation
+from pytest_pgmig.isolation.workspace import Procedure, T
 
 
 class AutoIsolation:

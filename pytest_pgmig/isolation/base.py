@@ -5,38 +5,17 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from pytest_pgmig.engine.formats import DEFAULT_READING, Reading
+from pytest_pgmig.isolation.sets import MigrationSet, Sets
 from pytest_pgmig.servers.dsn import redact
 
-if TYPE_CHECKING:
-    from pytest_pgmig.checks.workspace import Procedure
+if TYPE_CHECKING:  # asyncpg is imported when a fixture first needs it, not with the plugin
+    from pytest_pgmig.isolation.workspace import Procedure
+
+__all__ = ["Context", "Isolation", "MigrationSet", "PgmigSchema", "Sets", "Slot", "Stats"]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class MigrationSet:
-    """One folder of migrations, the `<lib>` part of its module_name, and how to read it
-    (its format and placeholders).
-
-    `schema` and `table` say where a suite of its own applied it (a pgdbm manager bound to a
-    schema, another tracking table): under database isolation the set is applied there, so
-    that the suite's own call finds it applied. None: the place's own (the test's schema,
-    or `public` of a database) and the engine's table. A set without a module stands for
-    `schema` alone, made empty (a fixture's ``create_db(schema=...)``).
-    """
-
-    module: str
-    path: Path
-    reading: Reading = DEFAULT_READING
-    schema: str | None = None
-    table: str | None = None
-
-
-Sets = tuple[MigrationSet, ...]
 
 
 @dataclass(frozen=True)

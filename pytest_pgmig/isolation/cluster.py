@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from pytest_pgmig.engine.apply import RaisingCheck
 from pytest_pgmig.engine.sqltext import Statement
 from pytest_pgmig.errors import MigrationError, OutsideSchemaError
 from pytest_pgmig.isolation.guard import preflight_target
-from pytest_pgmig.isolation.registry import ROLE_PATTERN
+from pytest_pgmig.isolation.names import ROLE_PATTERN
 
-# (not counting the login roles schemas get: registry.ROLE_PATTERN)
+# (not counting the login roles schemas get: names.ROLE_PATTERN)
 _ROLES = (
     "(SELECT count(*) || ':' || coalesce(max(oid::bigint), 0) FROM pg_roles "
     f"WHERE rolname !~ '{ROLE_PATTERN}')"

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
-from pytest_pgmig.checks.workspace import Procedure, T, Workspace
 from pytest_pgmig.engine.apply import ApplyOptions
 from pytest_pgmig.engine.runner import Runner
 from pytest_pgmig.engine.templates import quote_identifier
@@ -18,6 +17,7 @@ from pytest_pgmig.isolation.cluster import ClusterCheck
 from pytest_pgmig.isolation.migrate import migration_failed
 from pytest_pgmig.isolation.pool import ControlSession, SetPool
 from pytest_pgmig.isolation.reset import TRACKING_TABLE
+from pytest_pgmig.isolation.workspace import Procedure, T, Workspace
 from pytest_pgmig.runtime import close_or_terminate
 from pytest_pgmig.servers.dsn import with_database
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from pytest_pgmig.engine.templates import quote_identifier as q
 from pytest_pgmig.isolation import functions, reset
-from pytest_pgmig.isolation.registry import REGISTRY, reset_function
+from pytest_pgmig.isolation.names import REGISTRY
+from pytest_pgmig.isolation.registry import reset_function
 
 # where a template keeps each schema's seed rows (the nth user schema's in _0, _1, ...)
 SEED_PREFIX = "pgmig_seed_"

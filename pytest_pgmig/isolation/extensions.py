@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from pytest_pgmig.engine.sqltext import Statement, line_of
 from pytest_pgmig.engine.templates import quote_identifier, sql_literal
@@ -144,7 +144,8 @@ async def install(conn: asyncpg.Connection, requests: Sequence[ExtensionRequest]
     once. Nothing is ever dropped. Raises `MigrationError` naming the file for an extension
     the server does not have, or one the role may not create.
     """
-    from pytest_pgmig.isolation.registry import LOCK_CLASS, record_extensions
+    from pytest_pgmig.isolation.names import LOCK_CLASS
+    from pytest_pgmig.isolation.registry import record_extensions
 
     names = sorted({r.name for r in requests})
     where = await _installed(conn, names)

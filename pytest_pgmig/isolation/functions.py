@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_pgmig.isolation.registry import IDLE_KEPT, REGISTRY
+from pytest_pgmig.isolation.names import IDLE_KEPT, REGISTRY
 
 _FINGERPRINT = f"""
 CREATE OR REPLACE FUNCTION {REGISTRY}.fingerprint_v2(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from pytest_pgmig.engine.apply import RaisingCheck
 from pytest_pgmig.engine.sqltext import Statement
 from pytest_pgmig.engine.templates import sql_literal
 from pytest_pgmig.errors import MigrationError, OutsideSchemaError
+from pytest_pgmig.isolation.names import REGISTRY
 from pytest_pgmig.isolation.outside_sql import CENSUS_SETTING, OUTSIDE
-from pytest_pgmig.isolation.registry import REGISTRY
 
 
 class Guard(RaisingCheck):

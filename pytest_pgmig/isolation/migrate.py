@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from pytest_pgmig.engine.apply import ApplyOptions
 from pytest_pgmig.engine.formats import load_migrations

@@ -4,7 +4,7 @@ created, altered, dropped, wrote or advanced outside the schema it migrates."""
 from __future__ import annotations
 
 from pytest_pgmig.errors import OUTSIDE_SQLSTATE
-from pytest_pgmig.isolation.registry import REGISTRY
+from pytest_pgmig.isolation.names import REGISTRY
 
 # the SQLSTATE outside_v3 raises: a write outside the migrated schema
 OUTSIDE = OUTSIDE_SQLSTATE

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from pytest_pgmig.errors import MigrationFailed
 from pytest_pgmig.isolation.base import Context, Slot, Stats

@@ -5,18 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from pytest_pgmig.engine.templates import quote_identifier as quote_ident
+from pytest_pgmig.isolation import functions, outside_sql
+from pytest_pgmig.isolation.names import LOCK_CLASS, REGISTRY
 
-REGISTRY = "pgmig_registry"
-# idle sessions a reset leaves on a schema: a connection kept across tests survives
-IDLE_KEPT = 4
-# classid of every advisory lock the plugin takes (b"pgmi"), so ours never meet a user's keys
-LOCK_CLASS = 0x70676D69
-# the names of the login roles schemas get (roles.py): the schema's, pgmig_<run>_<worker>_s<n>;
-# the outside-write checks do not count them, as other tests make and drop them meanwhile
-ROLE_PATTERN = r"^pgmig_[0-9a-f]{8}_[A-Za-z0-9]+_s[0-9]+$"
 _INSTALL_LOCK = 0  # objid serialising the registry's creation
 # how often PostgreSQL 12 is asked to drop a database whose sessions are being ended
 _DROP_TRIES = 100
@@ -64,8 +58,6 @@ async def install(conn: asyncpg.Connection, *, own_server: bool) -> None:
     On a server the plugin started itself (`own_server`) it also installs event triggers
     that log DDL on our schemas; a user's server never gets a database-wide trigger.
     """
-    from pytest_pgmig.isolation import functions, outside_sql
-
     wanted = [*functions.SIGNATURES, *outside_sql.SIGNATURES]
     wanted += ["log_ddl_v1()"] if own_server else []
     async with conn.transaction():

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from pytest_pgmig.engine.templates import quote_identifier as q
 from pytest_pgmig.engine.templates import sql_literal as lit
-from pytest_pgmig.isolation.registry import REGISTRY, reset_function
+from pytest_pgmig.isolation.names import REGISTRY
+from pytest_pgmig.isolation.registry import reset_function
 
 TRACKING_TABLE = "schema_migrations"
 

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from urllib.parse import quote
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from pytest_pgmig.engine.templates import quote_identifier as q
 from pytest_pgmig.engine.templates import sql_literal as lit

@@ -6,9 +6,8 @@ import asyncio
 import re
 from dataclasses import dataclass
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
-from pytest_pgmig.checks.workspace import Procedure, T, Workspace
 from pytest_pgmig.engine.apply import ApplyOptions
 from pytest_pgmig.engine.templates import quote_identifier
 from pytest_pgmig.errors import MigrationFailed
@@ -18,6 +17,7 @@ from pytest_pgmig.isolation.guard import Guard
 from pytest_pgmig.isolation.migrate import CHECK_SKIP, SetMigrator
 from pytest_pgmig.isolation.pool import ControlSession, SetPool
 from pytest_pgmig.isolation.roles import FALLBACK, Roles
+from pytest_pgmig.isolation.workspace import Procedure, T, Workspace
 from pytest_pgmig.runtime import close_or_terminate
 
 # how often a migration that met a concurrent session (deadlock, lock timeout, ...) is tried

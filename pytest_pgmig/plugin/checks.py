@@ -17,7 +17,7 @@ from pytest_pgmig.plugin import settings
 from pytest_pgmig.plugin.state import state_of
 
 if TYPE_CHECKING:
-    from pytest_pgmig.checks.workspace import Workspace
+    from pytest_pgmig.isolation.workspace import Workspace
 
 
 def items(session: pytest.Session, opts: settings.Settings) -> list[pytest.Item]:

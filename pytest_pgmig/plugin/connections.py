@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from pytest_pgmig.isolation.base import PgmigSchema
-from pytest_pgmig.plugin.state import state_of
 
 # kept connections per process: a test-scope lane alternates between two schemas, and a
 # schema replaced after DDL leaves one behind that is never asked for again
@@ -58,7 +58,7 @@ def pgmig_psycopg(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> 
             assert pgmig_psycopg.execute("SELECT count(*) FROM users").fetchone() == (1,)
     """
     psycopg = require_psycopg("pgmig_psycopg")
-    kept = state_of(request.config).psycopg
+    kept = kept_of(request.config).psycopg
     conn = kept.pop(pgmig_schema.dsn, None)
     if conn is None or not _alive(conn):
         if conn is not None:
@@ -123,14 +123,31 @@ def _alive(conn: Any) -> bool:
     )
 
 
-def close_kept(kept: dict[str, Any], kept_asyncpg: dict[tuple[int, str], Any]) -> None:
-    """Close every kept connection (at the end of the process, before schemas are dropped)."""
-    while kept:
-        _, conn = kept.popitem()
-        conn.close()
-    while kept_asyncpg:
-        _, (conn, _loop) = kept_asyncpg.popitem()
-        _terminate(conn)
+@dataclass
+class Kept:
+    """The connections this process keeps across tests: psycopg's by schema DSN (the rollback
+    fixture's under the DSN and ``#tx``), asyncpg's by (loop, DSN) as (connection, loop)."""
+
+    psycopg: dict[str, Any] = field(default_factory=dict)
+    asyncpg: dict[tuple[int, str], Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Close every kept connection (at the end of the process, before schemas are
+        dropped: their sessions would hold up the drop)."""
+        while self.psycopg:
+            _, conn = self.psycopg.popitem()
+            conn.close()
+        while self.asyncpg:
+            _, (conn, _loop) = self.asyncpg.popitem()
+            _terminate(conn)
+
+
+KEPT_CONNECTIONS = pytest.StashKey[Kept]()
+
+
+def kept_of(config: pytest.Config) -> Kept:
+    """This process's kept connections."""
+    return config.stash.setdefault(KEPT_CONNECTIONS, Kept())
 
 
 # -- asyncpg's, for pgmig_conn on a class, module, package or session loop ------------------

@@ -27,7 +27,7 @@ import pytest
 from pytest_pgmig.errors import MigrationFailed
 from pytest_pgmig.isolation.base import PgmigSchema, Sets, Slot
 from pytest_pgmig.plugin import marker, settings
-from pytest_pgmig.plugin.connections import give_back_asyncpg, take_asyncpg
+from pytest_pgmig.plugin.connections import give_back_asyncpg, kept_of, take_asyncpg
 from pytest_pgmig.plugin.state import (
     KEPT,
     OUTSIDE_TX,
@@ -174,11 +174,11 @@ def pgmig_conn(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> Ite
     module, package or session scope) the connection is kept for the next test of the
     schema on that loop, with what the test left undone (as `pgmig_psycopg`'s is).
     """
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     runner = loop_runner(request, "pgmig_conn")
     worker = marker.plan(request)[1] == "worker"
-    kept = state_of(request.config).asyncpg if loop_scope_of(request) != "function" else None
+    kept = kept_of(request.config).asyncpg if loop_scope_of(request) != "function" else None
     dsn = pgmig_schema.dsn
 
     async def open_() -> tuple[Any, Any]:

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from pytest_pgmig.isolation.base import PgmigSchema, Slot
-from pytest_pgmig.plugin.connections import DEALLOCATE_SQL, _keep, require_psycopg
+from pytest_pgmig.plugin.connections import DEALLOCATE_SQL, _keep, kept_of, require_psycopg
 from pytest_pgmig.plugin.fixtures import CONNECT_TIMEOUT, loop_runner, loop_scope_of
-from pytest_pgmig.plugin.state import KEPT, ROLLED_BACK, SLOT, state_of
+from pytest_pgmig.plugin.state import KEPT, ROLLED_BACK, SLOT
 from pytest_pgmig.runtime import close_or_terminate
 
 # The fixture's savepoint marks its transaction: if it is still there at teardown, nothing
@@ -68,7 +68,7 @@ def pgmig_psycopg_tx(request: pytest.FixtureRequest, _pgmig_place: PgmigSchema) 
             assert pgmig_psycopg_tx.execute("SELECT count(*) FROM users").fetchone() == (1,)
     """
     psycopg = require_psycopg("pgmig_psycopg_tx")
-    kept = state_of(request.config).psycopg
+    kept = kept_of(request.config).psycopg
     key = _pgmig_place.dsn + "#tx"
     conn = kept.pop(key, None)
     if conn is None or conn.closed or conn.broken:
@@ -159,12 +159,12 @@ def pgmig_tx(request: pytest.FixtureRequest, _pgmig_place: PgmigSchema) -> Itera
                 await pgmig_tx.execute("INSERT INTO users (name) VALUES ('ada')")
             assert await pgmig_tx.fetchval("SELECT count(*) FROM users") == 1
     """
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     from pytest_pgmig.plugin.connections import give_back_asyncpg, take_asyncpg
 
     runner = loop_runner(request, "pgmig_tx")
-    kept = state_of(request.config).asyncpg if loop_scope_of(request) != "function" else None
+    kept = kept_of(request.config).asyncpg if loop_scope_of(request) != "function" else None
     dsn = _pgmig_place.dsn
     undo = _undo(request)
 

@@ -13,6 +13,7 @@ import pytest
 from pytest_pgmig.errors import ServerError
 from pytest_pgmig.isolation.base import Context, MigrationSet, PgmigSchema, Slot, Stats
 from pytest_pgmig.plugin import settings
+from pytest_pgmig.plugin.connections import kept_of
 from pytest_pgmig.servers.dsn import scrub
 
 if TYPE_CHECKING:
@@ -70,9 +71,6 @@ class PgmigState:
     remote_info: dict[str, Any] | None = None
     kept: list[str] = field(default_factory=list)
     checked_folders: set[MigrationSet] = field(default_factory=set)  # marker and factory sets
-    psycopg: dict[str, Any] = field(default_factory=dict)  # pgmig_psycopg's, by schema DSN
-    # pgmig_conn's on a loop that outlives its test, by (loop, DSN): (connection, loop)
-    asyncpg: dict[tuple[int, str], Any] = field(default_factory=dict)
     closed: bool = False
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
@@ -80,7 +78,7 @@ class PgmigState:
 
         A lost server fails this test and, without another try, every later one.
         """
-        import asyncpg  # type: ignore[import-untyped]
+        import asyncpg
 
         if self.server_error is not None:
             coro.close()
@@ -211,10 +209,7 @@ class PgmigState:
         if self.closed:
             return
         self.closed = True
-        if self.psycopg or self.asyncpg:
-            from pytest_pgmig.plugin.connections import close_kept
-
-            close_kept(self.psycopg, self.asyncpg)  # their sessions would hold up the drop
+        kept_of(self.config).close()
         if self.isolation is not None and self.runtime is not None:
             try:
                 self.runtime.run(self.isolation.close(), timeout=60)

@@ -39,7 +39,7 @@ from pytest_pgmig.engine.formats.common import (
     Texts,
     listing,
 )
-from pytest_pgmig.errors import MigrationError
+from pytest_pgmig.errors import InvalidMigrationFile
 
 __all__ = [
     "ALEMBIC",
@@ -163,7 +163,7 @@ def _detect(root: Path, entries: Listing, texts: Texts, requested: str) -> Detec
     found = [(name, why) for name, detector in _BY_CONTENT if (why := detector(entries, texts))]
     if len(found) > 1:
         (one, why_one), (other, why_other) = found[:2]
-        raise MigrationError(
+        raise InvalidMigrationFile(
             f"Migrations folder {str(root)!r} mixes formats: {one} ({why_one}) and {other} "
             f"({why_other}).",
             hint="Keep one tool's migrations in a folder, or name the format with "

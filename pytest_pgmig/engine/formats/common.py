@@ -19,7 +19,7 @@ from pytest_pgmig.engine.files import (
     plan_for,
     read_bytes,
 )
-from pytest_pgmig.errors import MigrationError
+from pytest_pgmig.errors import InvalidMigrationFile, MigrationError
 
 # the Reading of an Alembic history (its path: alembic.ini): applied by Alembic, not read here
 ALEMBIC = "alembic"
@@ -83,7 +83,7 @@ def listing(folder: Path) -> Listing:
             entries = list(os.scandir(where))
         except (FileNotFoundError, NotADirectoryError):
             if depth == 0:
-                raise MigrationError(
+                raise InvalidMigrationFile(
                     f"Migrations folder {where!r} does not exist or is not a folder.",
                     hint="Create it, or point the option at the folder that holds your migrations.",
                 ) from None
@@ -177,7 +177,7 @@ def _value(match: re.Match[str], *, env: Mapping[str, str], where: str) -> str:
     if (operator == ":-" and not value) or (operator == "-" and value is None):
         value = default
     if value is None:
-        raise MigrationError(
+        raise InvalidMigrationFile(
             f"{where}: environment variable {name} is not set (ENVSUB is on for this line).",
             hint=f"Set {name} in the environment of the test run, or give a default as "
             f"${{{name}:-value}}.",
@@ -199,4 +199,4 @@ def claim(seen: dict[object, str], key: object, name: str, tool: str, version: s
 
 def failure(where: str, what: str, hint: str, *, file: str | None = None) -> MigrationError:
     """A folder or file the tool itself would refuse: where, what rule, and the fix."""
-    return MigrationError(f"{where}: {what}", migration_file=file, hint=hint)
+    return InvalidMigrationFile(f"{where}: {what}", migration_file=file, hint=hint)

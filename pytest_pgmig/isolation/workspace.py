@@ -6,15 +6,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
-from pytest_pgmig.checks import snapshot
 from pytest_pgmig.engine.apply import Applier, ApplyOptions
 from pytest_pgmig.engine.runner import Runner
 from pytest_pgmig.engine.tracking import Tracking
-from pytest_pgmig.errors import CheckFailed, MigrationError
-from pytest_pgmig.isolation.base import MigrationSet, Sets
 from pytest_pgmig.isolation.reset import TRACKING_TABLE
+from pytest_pgmig.isolation.sets import MigrationSet, Sets
 
 T = TypeVar("T")
 
@@ -39,12 +37,6 @@ class Workspace:
         """The set's module_name here, as the tests' schemas (or databases) have it."""
         return mset.module if self.database else f"{mset.module}_{self.schema}"
 
-    async def snapshot(self, *, rows: bool = False) -> snapshot.Snapshot:
-        """The structure of what the files may change here (and each table's rows)."""
-        return await snapshot.take(
-            self.conn, None if self.database else [self.schema], home=self.schema, rows=rows
-        )
-
     async def prepare(self, sets: Sets) -> Applier:
         """Migrate the sets before the last, as tests get them (their failures raise, as
         the tests' would); an applier for the last set, its tracking table made (so that no
@@ -67,12 +59,3 @@ class Workspace:
 
 # a check, run by an isolation in a workspace it made (`Isolation.check`)
 Procedure = Callable[["Workspace"], Awaitable[T]]
-
-
-def file_failed(what: str, exc: MigrationError, fix: str) -> CheckFailed:
-    """A check failure for a file the server refused: where, PostgreSQL's words, the fix."""
-    parts = [f"{what}: {exc.message}"]
-    if exc.excerpt:
-        parts.append(exc.excerpt)
-    parts.append(fix)
-    return CheckFailed("\n".join(parts))
