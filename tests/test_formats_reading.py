@@ -277,10 +277,11 @@ def test_sqitch_is_found_through_the_top_dir_of_its_conf(tmp_path: Path) -> None
     assert load_migrations(tmp_path / "api")[0].filename == "users"
 
 
-def test_the_readmes_format_examples_read_as_it_says(tmp_path: Path) -> None:
+def test_the_docs_format_examples_read_as_they_say(tmp_path: Path) -> None:
     import re
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    page = Path(__file__).resolve().parent.parent / "docs" / "formats.md"
+    readme = page.read_text(encoding="utf-8")
     found = re.findall(r"```sql\n-- (\w+): (\S+)\n(.*?)```", readme, re.DOTALL)
     examples = {tool: (name, text) for tool, name, text in found}
     assert set(examples) == {"goose", "dbmate"}
