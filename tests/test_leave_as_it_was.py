@@ -96,8 +96,9 @@ def test_runs_leave_the_database_exactly_as_it_was(
     assert "removed extension pg_trgm, schema pgmig_registry" in serial, serial
     assert snapshot(dsn) == before
 
-    xdist = run(folder, dsn, "--pgmig-migrations=migrations", "-n", "2")
-    assert "5 passed" in xdist, xdist
+    # with the DDL log: event triggers in the database while the run lasts
+    xdist = run(folder, dsn, "--pgmig-migrations=migrations", "-n", "2", env={"PGMIG_DDL_LOG": "1"})
+    assert "5 passed" in xdist and "ddl log on" in xdist, xdist
     assert snapshot(dsn) == before
 
     # two at once: one killed while its schema exists, one whose set fails to migrate

@@ -155,7 +155,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [
         f"pgmig: server {server}; migrations {folders} [{opts.migrations.source}]; "
         f"scope {opts.scope}; isolation {opts.isolation}; keep {opts.keep}"
-        + (f"; ddl log {opts.ddl_log}" if opts.ddl_log.value else "")
+        + (f"; ddl log {_on(opts.ddl_log)}" if opts.ddl_log.value else "")
         + (f"; keep registry {_on(opts.keep_registry)}" if opts.dsn.value else "")
         + f"; checks down {_on(opts.check_down)}, idempotent {_on(opts.check_idempotent)}"
         + (f", models {_on(opts.check_models)}" if opts.check_models.value else "")
