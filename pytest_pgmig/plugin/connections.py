@@ -66,7 +66,7 @@ def pgmig_psycopg(request: pytest.FixtureRequest, pgmig_schema: PgmigSchema) -> 
         conn = psycopg.connect(pgmig_schema.dsn)
     yield conn
     if _clean(conn):
-        _keep(kept, pgmig_schema.dsn, conn, lambda old: old.close())
+        keep_connection(kept, pgmig_schema.dsn, conn, lambda old: old.close())
     else:
         conn.close()
 
@@ -84,7 +84,7 @@ def require_psycopg(fixture: str) -> Any:
     return psycopg
 
 
-def _keep(kept: dict[Any, Any], key: Any, value: Any, close: Any) -> None:
+def keep_connection(kept: dict[Any, Any], key: Any, value: Any, close: Any) -> None:
     """Keep `value` under `key`, closing the oldest kept past `KEEP_AT_MOST`."""
     kept[key] = value
     while len(kept) > KEEP_AT_MOST:
@@ -180,7 +180,7 @@ async def give_back_asyncpg(
         await conn.execute(_RESET_MORE)
     except Exception:
         return False
-    _keep(kept, (id(loop), dsn), (conn, loop), lambda old: _terminate(old[0]))
+    keep_connection(kept, (id(loop), dsn), (conn, loop), lambda old: _terminate(old[0]))
     return True
 
 

@@ -19,7 +19,12 @@ from typing import Any
 import pytest
 
 from pytest_pgmig.isolation.base import PgmigSchema, Slot
-from pytest_pgmig.plugin.connections import DEALLOCATE_SQL, _keep, kept_of, require_psycopg
+from pytest_pgmig.plugin.connections import (
+    DEALLOCATE_SQL,
+    keep_connection,
+    kept_of,
+    require_psycopg,
+)
 from pytest_pgmig.plugin.fixtures import CONNECT_TIMEOUT, loop_runner, loop_scope_of
 from pytest_pgmig.plugin.state import KEPT, ROLLED_BACK, SLOT
 from pytest_pgmig.runtime import close_or_terminate
@@ -78,7 +83,7 @@ def pgmig_psycopg_tx(request: pytest.FixtureRequest, _pgmig_place: PgmigSchema) 
     clean = _end_psycopg(conn, _undo(request), keep_work=KEPT in request.node.stash)
     _done(request, clean)
     if not conn.closed and not conn.broken:
-        _keep(kept, key, conn, lambda old: old.close())
+        keep_connection(kept, key, conn, lambda old: old.close())
 
 
 def _end_psycopg(conn: Any, undo: str | None, *, keep_work: bool) -> bool:
