@@ -50,21 +50,16 @@ def test_waits_to_be_killed(pgmig_dsn):
 
 def snapshot(dsn: str) -> str:
     """The database's dump, the server's roles, databases and the database's event triggers."""
-    dump = subprocess.run(
-        [tool("pg_dump"), "--no-comments", "-d", dsn],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    roles = subprocess.run(
-        [tool("pg_dumpall"), "--roles-only", "-d", dsn],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    dumps = [
+        _FRAME.sub("", subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+        for command in (
+            [tool("pg_dump"), "--no-comments", "-d", dsn],
+            [tool("pg_dumpall"), "--roles-only", "-d", dsn],
+        )
+    ]
     databases = sql(dsn, "SELECT datname FROM pg_database ORDER BY 1")
     triggers = sql(dsn, "SELECT evtname FROM pg_event_trigger ORDER BY 1")
-    return "\n".join([_FRAME.sub("", dump), _FRAME.sub("", roles), str(databases), str(triggers)])
+    return "\n".join([*dumps, str(databases), str(triggers)])
 
 
 def run(folder: Path, dsn: str, *args: str, env: dict[str, str] | None = None) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from pytest_pgmig.errors import MigrationFailed
+from pytest_pgmig.isolation import registry
 from pytest_pgmig.isolation.base import Context, Slot, Stats
 
 # a reset that meets a lock ends the lock's holder rather than wait long for it
@@ -91,8 +92,6 @@ class ControlSession:
         extensions runs installed (`registry.leave`), unless told to keep them."""
         if not self.context.leave_registry or conn.is_closed():
             return
-        from pytest_pgmig.isolation import registry
-
         removed = await registry.leave(conn)
         if removed:
             self.stats.notes.append(
