@@ -1,97 +1,13 @@
-"""The plugin's seams: fixtures that compose, the marker's signature, the reset builder, imports."""
+"""The package's shape: imports go one way, down the layers, and loading the plugin is light."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
-import pytest
-from plugin_support import make_project
-
-from pytest_pgmig.isolation.reset import Known, Table, Template, reset_function_sql
-
-pytestmark = pytest.mark.usefixtures("clean_env")
-
-
-def test_overriding_pgmig_server_in_a_conftest_takes_effect(
-    pytester: pytest.Pytester, server_dsn: str
-) -> None:
-    """The schemas land on the server the conftest's pgmig_server names, not the run's."""
-    make_project(
-        pytester,
-        """
-        import psycopg
-
-        def test_on_the_overridden_server(pgmig_schema, pgmig_server):
-            assert pgmig_server.source == "overridden"
-            with psycopg.connect(pgmig_schema.dsn) as conn:
-                assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 1
-        """,
-    )
-    pytester.makeconftest(
-        f"""
-        import pytest
-        from pytest_pgmig.servers.info import ServerInfo
-        from pytest_pgmig.servers.probe import probe
-
-        DSN = {server_dsn!r}
-
-        @pytest.fixture(scope="session")
-        def pgmig_server():
-            return ServerInfo(DSN, "h", 5432, "postgres", "postgres", probe(DSN), "overridden")
-        """
-    )
-    # no server source can work: only the override gives the tests a server
-    result = pytester.runpytest(
-        "--pgmig-migrations=migrations", "--pgmig-server=docker", "-p", "no:randomly"
-    )
-    result.assert_outcomes(passed=1)
-
-
-def test_a_positional_marker_argument_fails_clearly(
-    pytester: pytest.Pytester, server_dsn: str
-) -> None:
-    make_project(
-        pytester,
-        """
-        import pytest
-
-        @pytest.mark.pgmig("elsewhere/migrations")
-        def test_marked(pgmig_schema):
-            pass
-        """,
-    )
-    result = pytester.runpytest("--pgmig-migrations=migrations", f"--pgmig-dsn={server_dsn}")
-    result.assert_outcomes(errors=1)
-    text = result.stdout.str()
-    assert "pgmig marker: takes keyword arguments only" in text
-    assert "@pytest.mark.pgmig(migrations='elsewhere/migrations')" in text
-
-
-TABLES = [Table("orders", "id, total", "(r).id, (r).total"), Table("tags", "id", "(r).id")]
-TEMPLATE = Template("tpl_1", {"orders": "abc123"}, ())
-SEEN = Known((16400, 16410), (16420,), 16430)
-
-
-def test_reset_builder_replica_deletes_and_reseeds_through_text() -> None:
-    sql = reset_function_sql("s_1", TABLES, TEMPLATE, replica=True, seen=SEEN)
-    assert 'DELETE FROM "s_1"."tags";' in sql
-    assert "TRUNCATE" not in sql
-    assert (
-        'INSERT INTO "s_1"."orders" (id, total) OVERRIDING SYSTEM VALUE '
-        'SELECT (r).id, (r).total FROM (SELECT s.r::"s_1"."orders" AS r '
-        'FROM "tpl_1"."orders" AS s) AS seed;'
-    ) in sql
-    assert "IS DISTINCT FROM E'abc123'" in sql
-    # the state reads the schema's catalog rows by oid
-    assert "state_v2(E's_1', ARRAY[E'schema_migrations'], p_log, '{16400,16410}'" in sql
-
-
-def test_reset_builder_without_superuser_truncates_what_holds_rows() -> None:
-    sql = reset_function_sql("s_1", TABLES, TEMPLATE, replica=False, seen=SEEN)
-    assert "EXECUTE 'TRUNCATE ' || array_to_string(dirty, ', ') || ' CASCADE';" in sql
-    assert "DELETE FROM" not in sql
-    assert sql.startswith('CREATE OR REPLACE FUNCTION pgmig_registry."reset_s_1"')
+import pytest_pgmig
 
 
 def test_loading_the_plugin_imports_no_driver() -> None:
@@ -103,3 +19,110 @@ def test_loading_the_plugin_imports_no_driver() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+PACKAGE = Path(pytest_pgmig.__file__).parent
+# top to bottom: a module may import from its own subpackage and from any lower layer
+LAYERS = {
+    "__init__": 7,
+    "pgdbm_fixtures": 6,
+    "plugin": 5,
+    "checks": 4,
+    "compat": 4,
+    "isolation": 3,
+    "alembic": 2,
+    "engine": 1,
+    "servers": 1,
+    "errors": 0,
+    "runtime": 0,
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each module of the package and the package modules it imports: at the top, in
+    functions and under TYPE_CHECKING alike."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        here = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join([*here[: len(here) - node.level + 1], *filter(None, [base])])
+                # `from package import module` imports the module; other names the package
+                targets = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
+                targets += [base] if len(targets) < len(node.names) else []
+            else:
+                continue
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target.startswith("pytest_pgmig.") and target != module:
+                    graph[module].add(target)
+    return graph
+
+
+def _layer(module: str) -> int:
+    part = module.split(".")[1] if "." in module else "__init__"
+    assert part in LAYERS, f"{module}: give its subpackage a layer in LAYERS"
+    return LAYERS[part]
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in graph[module]:
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            component = []
+            while not component or component[-1] != module:
+                component.append(stack.pop())
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_no_module_imports_in_a_circle() -> None:
+    assert circles(import_graph()) == []
+
+
+def test_imports_go_down_the_layers_only() -> None:
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if module.split(".")[:2] != target.split(".")[:2] and _layer(target) > _layer(module)
+    ]
+    assert upward == []
+
+
+def test_the_import_check_sees_a_circle_and_an_upward_import() -> None:
+    graph = {
+        "pytest_pgmig.engine.a": {"pytest_pgmig.plugin.b"},
+        "pytest_pgmig.plugin.b": {"pytest_pgmig.engine.a"},
+    }
+    assert circles(graph) == [["pytest_pgmig.engine.a", "pytest_pgmig.plugin.b"]]
+    assert _layer("pytest_pgmig.plugin.b") > _layer("pytest_pgmig.engine.a")

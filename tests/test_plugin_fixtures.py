@@ -464,3 +464,58 @@ def test_marker_bad_values_are_rejected(pytester: pytest.Pytester, server_dsn: s
             "*pgmig marker: invalid module name '!!!'*",
         ]
     )
+
+
+def test_overriding_pgmig_server_in_a_conftest_takes_effect(
+    pytester: pytest.Pytester, server_dsn: str
+) -> None:
+    """The schemas land on the server the conftest's pgmig_server names, not the run's."""
+    make_project(
+        pytester,
+        """
+        import psycopg
+
+        def test_on_the_overridden_server(pgmig_schema, pgmig_server):
+            assert pgmig_server.source == "overridden"
+            with psycopg.connect(pgmig_schema.dsn) as conn:
+                assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 1
+        """,
+    )
+    pytester.makeconftest(
+        f"""
+        import pytest
+        from pytest_pgmig.servers.info import ServerInfo
+        from pytest_pgmig.servers.probe import probe
+
+        DSN = {server_dsn!r}
+
+        @pytest.fixture(scope="session")
+        def pgmig_server():
+            return ServerInfo(DSN, "h", 5432, "postgres", "postgres", probe(DSN), "overridden")
+        """
+    )
+    # no server source can work: only the override gives the tests a server
+    result = pytester.runpytest(
+        "--pgmig-migrations=migrations", "--pgmig-server=docker", "-p", "no:randomly"
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_a_positional_marker_argument_fails_clearly(
+    pytester: pytest.Pytester, server_dsn: str
+) -> None:
+    make_project(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.pgmig("elsewhere/migrations")
+        def test_marked(pgmig_schema):
+            pass
+        """,
+    )
+    result = pytester.runpytest("--pgmig-migrations=migrations", f"--pgmig-dsn={server_dsn}")
+    result.assert_outcomes(errors=1)
+    text = result.stdout.str()
+    assert "pgmig marker: takes keyword arguments only" in text
+    assert "@pytest.mark.pgmig(migrations='elsewhere/migrations')" in text

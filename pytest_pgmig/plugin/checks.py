@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
@@ -20,31 +20,39 @@ if TYPE_CHECKING:
     from pytest_pgmig.isolation.workspace import Workspace
 
 
+# what each item proves: pgmig.<kind>[<module>]
+Kind = Literal["lock", "alembic_heads", "down", "idempotent", "models_match"]
+
+
+def _name(kind: Kind, mset: MigrationSet) -> str:
+    return f"pgmig.{kind}[{mset.module}]"
+
+
 def items(session: pytest.Session, opts: settings.Settings) -> list[pytest.Item]:
     """The check items for the run's migration sets: ``pgmig.lock[<module>]`` where locked,
     ``pgmig.down[<module>]`` where there are down files, ``pgmig.idempotent[<module>]`` when
-    asked for, ``pgmig.alembic_heads[<module>]`` for an Alembic history."""
+    asked for, ``pgmig.alembic_heads[<module>]`` (and ``pgmig.models_match[<module>]`` when
+    asked for) for an Alembic history."""
     sets = opts.migrations.value
     found: list[pytest.Item] = [
-        LockCheck.from_parent(session, name=f"pgmig.lock[{m.module}]", mset=m)
+        LockCheck.from_parent(session, name=_name("lock", m), mset=m)
         for m in sets
         if (m.path / lockfile.LOCK_NAME).exists()
     ]
     for index, mset in enumerate(sets):
         if mset.reading.alembic:
             found.append(
-                HeadsCheck.from_parent(
-                    session, name=f"pgmig.alembic_heads[{mset.module}]", mset=mset
-                )
+                HeadsCheck.from_parent(session, name=_name("alembic_heads", mset), mset=mset)
             )
             # the down check runs Alembic in a process of its own, which a conftest's
             # pytest_pgmig_alembic_config hook cannot reach: not where one is needed
             hooked = session.config.hook.pytest_pgmig_alembic_config.get_hookimpls()
-            wanted = {"down": opts.check_down.value, "models_match": opts.check_models.value}
+            wanted: dict[Kind, bool] = {
+                "down": opts.check_down.value,
+                "models_match": opts.check_models.value,
+            }
             found += [
-                MigrationCheck.from_parent(
-                    session, name=f"pgmig.{kind}[{mset.module}]", sets=(mset,)
-                )
+                MigrationCheck.from_parent(session, name=_name(kind, mset), sets=(mset,))
                 for kind, on in wanted.items()
                 if on and not hooked
             ]
@@ -56,7 +64,7 @@ def items(session: pytest.Session, opts: settings.Settings) -> list[pytest.Item]
             "idempotent": opts.check_idempotent.value,
         }
         found += [
-            MigrationCheck.from_parent(session, name=f"pgmig.{kind}[{mset.module}]", sets=upto)
+            MigrationCheck.from_parent(session, name=_name(kind, mset), sets=upto)
             for kind, on in wanted.items()
             if on
         ]
@@ -175,7 +183,7 @@ def _procedure(
 ) -> Callable[[Workspace, Sets], Awaitable[str]]:
     """The check a kind of item runs (imported on use: the plugin loads no driver)."""
     if mset.reading.alembic:
-        from pytest_pgmig.alembic.reversal import check_alembic_downs, check_models
+        from pytest_pgmig.checks.histories import check_alembic_downs, check_models
 
         check = check_models if kind == "models_match" else check_alembic_downs
 

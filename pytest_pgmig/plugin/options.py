@@ -26,6 +26,14 @@ class Option:
     append: bool = False
     env: bool = True
     ini_type: Literal["bool", "linelist"] | None = None
+    cli: bool = True  # false: an ini key (and env variable) only
+
+    @property
+    def names(self) -> list[str]:
+        """How a user spells it: flag, ini key, environment variable."""
+        flag = [f"--pgmig-{self.flag_name}"] if self.cli else []
+        ini = [f"pgmig_{self.name}"] if self.ini_help is not None else []
+        return [*flag, *ini, *([f"PGMIG_{self.name.upper()}"] if self.env else [])]
 
     @property
     def flag_name(self) -> str:
@@ -36,21 +44,24 @@ class Option:
         if self.ini_help is not None:
             where.append(f"ini pgmig_{self.name}")
         text = f"{self.help} ({'; '.join(where)})" if where else self.help
+        ini_default: dict[str, Any] = {"default": False} if self.ini_type == "bool" else {}
+        if not self.cli:
+            parser.addini(f"pgmig_{self.name}", text, type=self.ini_type, **ini_default)
+            return
         kwargs: dict[str, Any] = {"help": text, "dest": f"pgmig_{self.name}"}
         if self.switch:
             kwargs.update(action="store_const", const=True, default=None)
             negative = dict(kwargs, const=False, help=f"turn --pgmig-{self.flag_name} off")
             group.addoption(f"--pgmig-no-{self.flag_name}", **negative)
         elif self.flag:
-            kwargs.update(action="store_true", default=False)
+            kwargs.update(action="store_true", default=None)
         else:
             kwargs.update(metavar=self.metavar, type=self.type)
             if self.append:
                 kwargs["action"] = "append"
         group.addoption(f"--pgmig-{self.flag_name}", **kwargs)
         if self.ini_help is not None:
-            extra: dict[str, Any] = {"default": False} if self.ini_type == "bool" else {}
-            parser.addini(f"pgmig_{self.name}", self.ini_help, type=self.ini_type, **extra)
+            parser.addini(f"pgmig_{self.name}", self.ini_help, type=self.ini_type, **ini_default)
 
 
 OPTIONS = (
@@ -161,6 +172,38 @@ OPTIONS = (
         metavar="SECONDS",
         type=settings.timeout_type,
     ),
+    Option(
+        "alembic_env",
+        "VAR=TEMPLATE a line, set while Alembic runs; TEMPLATE may hold {url}, {url:DRIVER}, "
+        "{host}, {port}, {user}, {password}, {database}, {schema} (the variable: ;-separated)",
+        "",
+        ini_type="linelist",
+        cli=False,
+    ),
+    Option(
+        "placeholders",
+        "NAME=VALUE a line: values of Flyway-style ${NAME} placeholders in migrations "
+        "(the variable: ;-separated)",
+        "",
+        ini_type="linelist",
+        cli=False,
+    ),
+    Option(
+        "keep_registry",
+        "on a --pgmig-dsn server: keep the registry schema and the extensions runs installed "
+        "after the last run on the database (default: removed; the variable: 1)",
+        "",
+        ini_type="bool",
+        cli=False,
+    ),
+    Option(
+        "ddl_log",
+        "on a --pgmig-dsn server you own: install event triggers that make the per-test DDL "
+        "check cheap (the variable: 1)",
+        "",
+        ini_type="bool",
+        cli=False,
+    ),
 )
 
 
@@ -169,30 +212,3 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("pgmig", "throwaway migrated PostgreSQL schemas (pytest-pgmig)")
     for option in OPTIONS:
         option.add(group, parser)
-    parser.addini(
-        "pgmig_alembic_env",
-        "VAR=TEMPLATE a line, set while Alembic runs; TEMPLATE may hold {url}, {url:DRIVER}, "
-        "{host}, {port}, {user}, {password}, {database}, {schema} (env PGMIG_ALEMBIC_ENV, "
-        ";-separated)",
-        type="linelist",
-    )
-    parser.addini(
-        "pgmig_placeholders",
-        "NAME=VALUE a line: values of Flyway-style ${NAME} placeholders in migrations "
-        "(env PGMIG_PLACEHOLDERS, ;-separated)",
-        type="linelist",
-    )
-    parser.addini(
-        "pgmig_keep_registry",
-        "on a --pgmig-dsn server: keep the registry schema and the extensions runs installed "
-        "after the last run on the database (default: removed; env PGMIG_KEEP_REGISTRY=1)",
-        type="bool",
-        default=False,
-    )
-    parser.addini(
-        "pgmig_ddl_log",
-        "on a --pgmig-dsn server you own: install event triggers that make the per-test DDL "
-        "check cheap (env PGMIG_DDL_LOG=1)",
-        type="bool",
-        default=False,
-    )

@@ -257,14 +257,20 @@ class _Sources:
         self.env = env
         self.ini = _ini_source(config)
 
-    def pick(self, name: str, convert: Any, default: Any) -> Setting[Any]:
-        cli = self.config.getoption(name)
+    def pick(self, name: str, convert: Any, default: Any, *, env: bool = True) -> Setting[Any]:
+        """The setting from the first source that gives it; an ini list is read as lines,
+        an ini switch as on."""
+        cli = self.config.getoption(name, None)
         if cli is not None:
             return Setting(cli, "cli")
         env_name = name.upper()
-        if self.env.get(env_name, "").strip():
+        if env and self.env.get(env_name, "").strip():
             return Setting(_convert(convert, self.env[env_name], env_name), f"env {env_name}")
         raw = self.config.getini(name)
+        if raw is True:
+            return Setting(True, self.ini)
+        if isinstance(raw, list):
+            raw = "\n".join(raw)
         if isinstance(raw, str) and raw.strip():
             return Setting(_convert(convert, raw, name), self.ini)
         return Setting(default, "default")
@@ -275,7 +281,7 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> 
     sources = _Sources(config, os.environ if environ is None else environ)
     module = sources.pick("pgmig_module", module_type, None)
     fmt = sources.pick("pgmig_format", format_type, "auto")
-    placeholders = _resolve_pairs(sources, "pgmig_placeholders")
+    placeholders = sources.pick("pgmig_placeholders", placeholders_type, ())
     reading = formats.Reading(fmt.value, placeholders.value)
     migrations = _resolve_migrations(sources, reading)
     alembic = _resolve_migrations(sources, formats.Reading(formats.ALEMBIC), "pgmig_alembic")
@@ -289,31 +295,26 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] | None = None) -> 
             source = f"{migrations.source}, {alembic.source}"
         migrations = Setting(migrations.value + alembic.value, source)
     migrations = _checked_migrations(migrations, module)
-    keep = Setting(False, "default")
-    if config.getoption("pgmig_keep"):
-        keep = Setting(True, "cli")
-    elif config.getini("pgmig_keep"):
-        keep = Setting(True, sources.ini)
     return Settings(
         migrations=migrations,
         module=module,
         dsn=sources.pick("pgmig_dsn", str, None),
         server=sources.pick("pgmig_server", server_type, "auto"),
         scope=sources.pick("pgmig_scope", scope_type, "test"),
-        keep=keep,
+        keep=sources.pick("pgmig_keep", switch_type, False, env=False),
         statement_timeout=sources.pick(
             "pgmig_statement_timeout", timeout_type, DEFAULT_STATEMENT_TIMEOUT
         ),
         lock=bool(config.getoption("pgmig_lock")),
-        ddl_log=_resolve_switch(sources, "pgmig_ddl_log"),
-        keep_registry=_resolve_switch(sources, "pgmig_keep_registry"),
+        ddl_log=sources.pick("pgmig_ddl_log", switch_type, False),
+        keep_registry=sources.pick("pgmig_keep_registry", switch_type, False),
         isolation=sources.pick("pgmig_isolation", isolation_type, "auto"),
         check_down=sources.pick("pgmig_check_down", switch_type, True),
         check_idempotent=sources.pick("pgmig_check_idempotent", switch_type, False),
         check_models=sources.pick("pgmig_check_models", switch_type, False),
         format=fmt,
         placeholders=placeholders,
-        alembic_env=_resolve_pairs(sources, "pgmig_alembic_env"),
+        alembic_env=sources.pick("pgmig_alembic_env", placeholders_type, ()),
     )
 
 
@@ -345,29 +346,6 @@ def _checked_migrations(
 
 def _alembic_ini(path: Path) -> Path:
     return path / "alembic.ini" if path.is_dir() else path
-
-
-def _resolve_pairs(sources: _Sources, name: str) -> Setting[tuple[tuple[str, str], ...]]:
-    """`NAME=VALUE` pairs: env (`;`-separated), else ini lines (`pgmig_placeholders`,
-    `pgmig_alembic_env`)."""
-    raw = sources.env.get(name.upper(), "")
-    if raw.strip():
-        return Setting(_convert(placeholders_type, raw, name.upper()), f"env {name.upper()}")
-    lines = sources.config.getini(name)
-    if lines:
-        return Setting(_convert(placeholders_type, "\n".join(lines), name), sources.ini)
-    return Setting((), "default")
-
-
-def _resolve_switch(sources: _Sources, name: str) -> Setting[bool]:
-    """An ini-and-env switch (`pgmig_ddl_log`, `pgmig_keep_registry`): env first."""
-    env = name.upper()
-    raw = sources.env.get(env, "").strip()
-    if raw:
-        return Setting(_convert(switch_type, raw, env), f"env {env}")
-    if sources.config.getini(name):
-        return Setting(True, sources.ini)
-    return Setting(False, "default")
 
 
 def _convert(convert: Any, raw: str, where: str) -> Any:
