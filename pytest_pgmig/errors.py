@@ -79,17 +79,16 @@ class ChecksumMismatch(MigrationError):
     """A migration changed after it was applied (pgdbm's message): ``expected`` is the
     checksum recorded when it ran, ``actual`` the file's now."""
 
-    def __init__(
-        self,
-        message: str,
-        migration_file: str,
-        *,
-        expected: str,
-        actual: str,
-        version: str | None = None,
-        hint: str | None = None,
-    ) -> None:
-        super().__init__(message, migration_file, version, hint=hint)
+    def __init__(self, migration_file: str, version: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"Migration '{migration_file}' has been modified after being applied!\n"
+            f"Expected checksum: {expected}\n"
+            f"Current checksum: {actual}",
+            migration_file,
+            version,
+            hint="Restore the applied file and put the change in a new migration (in "
+            f"development, rollback_migration('{migration_file}') lets it run again).",
+        )
         self.expected = expected
         self.actual = actual
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from pytest_pgmig.alembic.listen import Watch
 from pytest_pgmig.alembic.steps import Steps
 from pytest_pgmig.alembic.target import Target
-from pytest_pgmig.alembic.upgrade import Adjust, upgrade
+from pytest_pgmig.alembic.upgrade import Adjust, revision_count, run_command
 
 
 class _Here:
@@ -42,11 +42,15 @@ async def upgrade_heads(
     *,
     watch: Watch | None = None,
 ) -> int:
-    """Apply every head of `ini`'s history to `target` (see `upgrade.upgrade`), here when
-    it is the process's first or a hook must run, else in a process of its own; the
+    """Apply every head of `ini`'s history to `target` (see `upgrade.run_command`), here
+    when it is the process's first or a hook must run, else in a process of its own; the
     history's number of revisions."""
     if hook is not None or _Here.take():
-        return await asyncio.to_thread(upgrade, ini, target, env, hook, watch)
+
+        def here() -> int:
+            return revision_count(run_command(ini, target, env, "upgrade", "heads", hook, watch))
+
+        return await asyncio.to_thread(here)
     steps = await Steps.start(ini, target, env, watch)
     try:
         return await steps.upgrade(ini)

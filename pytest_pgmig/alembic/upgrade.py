@@ -24,28 +24,6 @@ _ENV_LOCK = threading.Lock()
 Adjust = Callable[[Any, Target], AbstractContextManager[Any] | None]
 
 
-def upgrade(
-    ini: Path,
-    target: Target,
-    env: Sequence[tuple[str, str]],
-    adjust: Adjust | None = None,
-    watch: Watch | None = None,
-) -> int:
-    """Apply every head of the history of `ini` to `target`; the number of revisions.
-
-    Each ``VAR=TEMPLATE`` of `env` is set in the environment while Alembic runs (see
-    `pytest_pgmig.alembic.target.render`), the ini's ``sqlalchemy.url`` points at `target`
-    with the driver it named, ``config.attributes["connection"]`` holds a connection there
-    when a synchronous driver is installed, and `adjust(config, target)` may change the rest;
-    `watch` (a run in a test's schema) leaves installed extensions alone and checks each
-    transaction for writes outside the schema.
-    Run it once per process: applications cache their settings per process
-    (`pytest_pgmig.alembic.runs` decides where each run goes).
-    """
-    config = run_command(ini, target, env, "upgrade", "heads", adjust, watch)
-    return revision_count(config)
-
-
 def revision_count(config: Any) -> int:
     """How many revisions the history of `config` has."""
     _, _, script_type = _alembic()
@@ -61,7 +39,16 @@ def run_command(
     adjust: Adjust | None = None,
     watch: Watch | None = None,
 ) -> Any:
-    """Run ``alembic <command_name> <revision>`` on `target` as `upgrade` does; its Config."""
+    """Run ``alembic <command_name> <revision>`` on `target`; its Config.
+
+    Each ``VAR=TEMPLATE`` of `env` is set in the environment while Alembic runs (see
+    `pytest_pgmig.alembic.target.render`), the ini's ``sqlalchemy.url`` points at `target`
+    with the driver it named, ``config.attributes["connection"]`` holds a connection there
+    when a synchronous driver is installed, and `adjust(config, target)` may change the rest;
+    `watch` (a run in a test's schema) leaves installed extensions alone and checks each
+    transaction for writes outside the schema. Applications cache their settings per
+    process: `pytest_pgmig.alembic.runs` decides where each run goes.
+    """
     command, _, _ = _alembic()
     config = _config(ini)
     config.set_main_option("sqlalchemy.url", _url(config, target).replace("%", "%%"))

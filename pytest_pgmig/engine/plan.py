@@ -21,15 +21,5 @@ def pending(files: tuple[MigrationFile, ...], applied: Mapping[str, str]) -> lis
         if recorded is None or (file.repeatable and recorded != file.checksum):
             todo.append(file)
         elif recorded != file.checksum:
-            raise ChecksumMismatch(
-                f"Migration '{file.filename}' has been modified after being applied!\n"
-                f"Expected checksum: {recorded}\n"
-                f"Current checksum: {file.checksum}",
-                file.filename,
-                expected=recorded,
-                actual=file.checksum,
-                version=file.version,
-                hint="Restore the applied file and put the change in a new migration (in "
-                f"development, rollback_migration('{file.filename}') lets it run again).",
-            )
+            raise ChecksumMismatch(file.filename, file.version, recorded, file.checksum)
     return todo

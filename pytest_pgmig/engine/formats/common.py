@@ -200,3 +200,9 @@ def claim(seen: dict[object, str], key: object, name: str, tool: str, version: s
 def failure(where: str, what: str, hint: str, *, file: str | None = None) -> MigrationError:
     """A folder or file the tool itself would refuse: where, what rule, and the fix."""
     return InvalidMigrationFile(f"{where}: {what}", migration_file=file, hint=hint)
+
+
+def refused(tool: str, name: str, what: str, fix: str, *, at: str = "") -> MigrationError:
+    """A file `tool` itself would refuse (`at` where in it): what rule, and the fix."""
+    where = f"{tool} migration {name}{f' {at}' if at else ''}"
+    return failure(where, f"{what}; {tool} would refuse it", fix, file=name)

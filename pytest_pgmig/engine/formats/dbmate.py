@@ -6,14 +6,8 @@ import re
 from pathlib import Path
 
 from pytest_pgmig.engine.files import MigrationFile, Script
-from pytest_pgmig.engine.formats.common import (
-    Listing,
-    Texts,
-    claim,
-    failure,
-    keep_lines,
-    migration,
-)
+from pytest_pgmig.engine.formats import common
+from pytest_pgmig.engine.formats.common import Listing, Texts, keep_lines
 
 # as dbmate's own expressions: a marker at the very start of a line, options after it
 _MARKER = re.compile(r"^--\s*migrate:(up|down)(?=\s|$)(.*)$")
@@ -39,7 +33,7 @@ def load(entries: Listing, texts: Texts) -> list[MigrationFile]:
         if match is None:
             continue
         version = match.group(1)
-        claim(found, version, entry.rel, "dbmate", version)
+        common.claim(found, version, entry.rel, "dbmate", version)
         migrations.append(_read(entry.rel, entry.path, texts(entry), version))
     return migrations
 
@@ -65,16 +59,16 @@ def _read(name: str, path: Path, text: str, version: str) -> MigrationFile:
     if _NO_TRANSACTION.search(options["up"]):
         reason = "transaction:false on -- migrate:up"
     down_script = Script(f"{name} (migrate:down)", path, keep_lines(text, down)) if down else None
-    return migration(
+    return common.migration(
         name, path, version, keep_lines(text, up), down=down_script, no_transaction=reason
     )
 
 
 def _refused(name: str, what: str) -> Exception:
-    return failure(
-        f"dbmate migration {name}",
-        f"{what}; dbmate would refuse it",
+    return common.refused(
+        "dbmate",
+        name,
+        what,
         "Write the file as dbmate's documentation does: '-- migrate:up' then its SQL, then "
         "'-- migrate:down' then the SQL that undoes it.",
-        file=name,
     )

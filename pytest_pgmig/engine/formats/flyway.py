@@ -6,7 +6,15 @@ import re
 from collections.abc import Mapping
 
 from pytest_pgmig.engine.files import MigrationFile, Script, version_key
-from pytest_pgmig.engine.formats.common import Entry, Listing, Texts, claim, failure, migration
+from pytest_pgmig.engine.formats.common import (
+    Entry,
+    Listing,
+    Texts,
+    claim,
+    failure,
+    migration,
+    refused,
+)
 
 _NAME = re.compile(r"([VUR])(\d+(?:[._]\d+)*)?__(.+)\.sql")
 _PLACEHOLDER = re.compile(r"\$\{([^}\s]+)\}")
@@ -124,10 +132,10 @@ def _replace(entry: Entry, text: str, values: Mapping[str, str]) -> str:
 
 
 def _refused(entry: Entry, what: str) -> Exception:
-    return failure(
-        f"Flyway migration {entry.rel}",
-        f"{what}; Flyway would refuse the folder",
+    return refused(
+        "Flyway",
+        entry.rel,
+        what,
         "Rename the script as Flyway's documentation names them: V<version>__<name>.sql, "
         "U<version>__<name>.sql or R__<name>.sql.",
-        file=entry.rel,
     )

@@ -15,6 +15,7 @@ from pytest_pgmig.engine.formats.common import (
     failure,
     keep_lines,
     migration,
+    refused,
     substitute_env,
 )
 
@@ -138,10 +139,11 @@ def _parse(name: str, text: str) -> _Sections:
 
 
 def _bad(name: str, line: int, what: str) -> Exception:
-    return failure(
-        f"goose migration {name} line {line + 1}",
-        f"{what}; goose would refuse this file",
+    return refused(
+        "goose",
+        name,
+        what,
         "Fix the annotations as goose's documentation writes them: '-- +goose Up', then "
         "'-- +goose Down'; StatementBegin/StatementEnd in pairs.",
-        file=name,
+        at=f"line {line + 1}",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from pytest_pgmig.engine.files import MigrationFile, Script
-from pytest_pgmig.engine.formats.common import Listing, Texts, failure, migration
+from pytest_pgmig.engine.formats.common import Listing, Texts, failure, migration, refused
 
 ROLLBACK = ".rollback.sql"
 # yoyo reads directives from the comment lines at the top of the file
@@ -100,9 +100,9 @@ def _ordered(ids: list[str], depends: dict[str, list[str]]) -> list[str]:
 
 
 def _bad(id_: str, what: str) -> Exception:
-    return failure(
-        f"yoyo migration {id_}.sql",
-        f"{what}; yoyo would refuse the folder",
+    return refused(
+        "yoyo",
+        f"{id_}.sql",
+        what,
         "Fix the '-- depends:' line to name migrations of this folder (file names without .sql).",
-        file=f"{id_}.sql",
     )
