@@ -18,7 +18,7 @@ from pytest_pgmig.engine.formats import Reading
 from pytest_pgmig.errors import MigrationFailed
 from pytest_pgmig.isolation import registry
 from pytest_pgmig.isolation.base import MigrationSet
-from pytest_pgmig.isolation.migrate import SetMigrator
+from pytest_pgmig.isolation.migrate import SetMigrator, in_schema
 
 pytestmark = pytest.mark.asyncio
 
@@ -82,8 +82,7 @@ async def test_outside_writes_are_blamed_on_their_own_transaction_only(
             made.append(name)
             await control.execute(f"CREATE SCHEMA {name}")
             # a new migrator each time: the check runs on a set's first migration only
-            migrated = await SetMigrator().migrate(control, name, (clean, own))
-            assert migrated.applied == 2
+            assert await SetMigrator().migrate(control, in_schema(name), (clean, own)) == 2
             for kind, (statement, said) in OUTSIDE.items():
                 await control.execute(f"CREATE TABLE IF NOT EXISTS public.victim_{n} (id int)")
                 files = {"001_own.sql": "CREATE TABLE mine (id int);\nDROP TABLE mine;\n"}
@@ -93,7 +92,7 @@ async def test_outside_writes_are_blamed_on_their_own_transaction_only(
                 made.append(name)
                 await control.execute(f"CREATE SCHEMA {name}")
                 with pytest.raises(MigrationFailed) as failed:
-                    await SetMigrator().migrate(control, name, (mset,))
+                    await SetMigrator().migrate(control, in_schema(name), (mset,))
                 assert said.format(n=n) in failed.value.full, failed.value.full
                 assert "002_out.sql" in failed.value.full
         assert counts["rounds"] > ROUNDS, "the other sessions hardly ran"

@@ -77,6 +77,10 @@ class Context:
     alembic_env: tuple[tuple[str, str], ...] = ()
     alembic_hook: Callable[[Any, Any], Any] | None = None
 
+    def lib(self, sets: Sets) -> str:
+        """The `<lib>` of a slot's `module_name`: its first set's module."""
+        return sets[0].module if sets else self.module_default
+
 
 @dataclass
 class Slot:

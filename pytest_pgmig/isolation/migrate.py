@@ -1,7 +1,9 @@
-"""Migrating sets into a throwaway schema: extensions first, then the files, checked once."""
+"""Migrating sets into a place: a throwaway schema (extensions first, then the files, checked
+once) or a template database (the files as written, the server's shared objects guarded)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -11,26 +13,33 @@ import asyncpg
 
 from pytest_pgmig.engine.apply import ApplyOptions
 from pytest_pgmig.engine.formats import load_migrations
-from pytest_pgmig.engine.runner import Runner
+from pytest_pgmig.engine.templates import quote_identifier
 from pytest_pgmig.errors import MigrationError, MigrationFailed, OutsideSchemaError
 from pytest_pgmig.isolation import extensions
-from pytest_pgmig.isolation.base import MigrationSet, Sets
+from pytest_pgmig.isolation.cluster import ClusterCheck
 from pytest_pgmig.isolation.guard import Guard
-from pytest_pgmig.isolation.reset import TRACKING_TABLE
+from pytest_pgmig.isolation.place import PUBLIC, Place
+from pytest_pgmig.isolation.sets import MigrationSet, Sets
 
 # the plugin installs a set's extensions itself, once per database
 _SKIP = (("CREATE", "EXTENSION"),)
 # and a migration check's down files may not drop them from under the tests
 CHECK_SKIP = (*_SKIP, ("DROP", "EXTENSION"))
 
+# a template database's files run as written (no search_path of ours after public, CREATE
+# EXTENSION kept), but none may change the roles, databases or settings the server shares
+IN_DATABASE = Place(
+    PUBLIC, ApplyOptions(search_path=(), check=ClusterCheck(), batch=True), database=True
+)
 
-@dataclass(frozen=True)
-class Migrated:
-    """What migrating a schema gave: module names, the search_path after it, files applied."""
 
-    module_names: dict[str, str]
-    path: tuple[str, ...]
-    applied: int
+def in_schema(name: str, search_path: tuple[str, ...] = (), *, check: bool = False) -> Place:
+    """Throwaway schema `name` as a place, `search_path` after it: extensions left to the
+    plugin; with `check` (a migration check's), its down files may not drop them and each
+    file is checked for writes outside the schema."""
+    if not check:
+        return Place(name, ApplyOptions(search_path=search_path, skip=_SKIP))
+    return Place(name, ApplyOptions(search_path=search_path, skip=CHECK_SKIP, check=Guard(name)))
 
 
 @dataclass
@@ -49,56 +58,71 @@ class SetMigrator:
     alembic_hook: Callable[[Any, Any], Any] | None = None
 
     async def migrate(
-        self, conn: asyncpg.Connection, name: str, sets: Sets, *, dsn: str = ""
-    ) -> Migrated:
-        """Migrate schema `name` with `sets`; raises `MigrationFailed` naming the file.
+        self, conn: asyncpg.Connection, place: Place, sets: Sets, *, dsn: str = ""
+    ) -> int:
+        """Migrate `place` with `sets`: how many files (or revisions) ran; raises
+        `MigrationFailed` naming the file.
 
-        `dsn` logs in with the schema first on search_path: Alembic histories run there."""
-        module_names: dict[str, str] = {}
-        path: tuple[str, ...] = ()
+        `dsn` logs in there (a schema first on search_path): Alembic histories run through
+        it."""
         applied = 0
         for mset in sets:
-            module_name = f"{mset.module}_{name}"
-            module_names[mset.module] = module_name
             try:
-                set_path = await self.extension_path(conn, mset)
-                if mset.reading.alembic:
-                    applied += await self._alembic(conn, name, mset, dsn)
+                if place.database:
+                    applied += await self._into_database(conn, mset, dsn)
+                elif mset.reading.alembic:
+                    applied += await self._alembic(conn, place.schema, mset, dsn)
                 else:
-                    applied += await self._files(conn, name, mset, module_name, set_path)
+                    applied += await self._files(conn, place, mset)
             except MigrationError as exc:
                 await conn.execute("RESET ALL")
                 raise migration_failed(mset, exc) from None
             self.verified.add(mset)
-            path = tuple(dict.fromkeys([*path, *set_path]))
         # a file's SET (pg_dump's set_config('search_path', '', false)) must not stay on the
         # control connection
         await conn.execute("RESET ALL")
-        return Migrated(module_names, path or (extensions.EXTENSION_SCHEMA,), applied)
+        return applied
 
-    async def _files(
-        self,
-        conn: asyncpg.Connection,
-        name: str,
-        mset: MigrationSet,
-        module_name: str,
-        set_path: tuple[str, ...],
-    ) -> int:
-        options = ApplyOptions(
-            search_path=set_path,
-            skip=_SKIP,
-            check=None if mset in self.verified else Guard(name),
+    async def _files(self, conn: asyncpg.Connection, place: Place, mset: MigrationSet) -> int:
+        """A set's files into a schema after its extensions, batched, checked the first time
+        the set runs."""
+        options = dataclasses.replace(
+            place.options,
+            search_path=await self.extension_path(conn, mset),
+            check=None if mset in self.verified else Guard(place.schema),
             batch=True,
         )
-        runner = Runner(
-            name,
-            mset.path,
-            module_name,
-            table=TRACKING_TABLE,
-            options=options,
-            reading=mset.reading,
-        )
-        return len((await runner.upgrade(conn)).done)
+        return await dataclasses.replace(place, options=options).apply(conn, mset)
+
+    async def _into_database(self, conn: asyncpg.Connection, mset: MigrationSet, dsn: str) -> int:
+        """A set into a template database, as production would have it; a set without a
+        module is a schema a suite's fixture makes for its manager."""
+        if mset.reading.alembic:
+            return await self._alembic_database(conn, mset, dsn)
+        if not mset.module:
+            await conn.execute(
+                f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(mset.schema or PUBLIC)}"
+            )
+            return 0
+        return await IN_DATABASE.apply(conn, mset)
+
+    async def _alembic_database(
+        self, conn: asyncpg.Connection, mset: MigrationSet, dsn: str
+    ) -> int:
+        """An Alembic history into a template database through its `dsn`; the sessions its
+        env.py left there are ended, or the template could not be copied."""
+        from pytest_pgmig.alembic.runs import upgrade_heads
+        from pytest_pgmig.alembic.target import Target
+
+        try:
+            return await upgrade_heads(
+                mset.path, Target.from_dsn(dsn), self.alembic_env, self.alembic_hook
+            )
+        finally:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
     async def _alembic(
         self, conn: asyncpg.Connection, name: str, mset: MigrationSet, dsn: str
@@ -110,6 +134,7 @@ class SetMigrator:
         from pytest_pgmig.alembic.runs import upgrade_heads
         from pytest_pgmig.alembic.target import Target
 
+        await self.extension_path(conn, mset)
         installed = frozenset(await conn.fetchval("SELECT array_agg(extname) FROM pg_extension"))
         guard = Guard(name)
         watch = Watch(

@@ -9,8 +9,8 @@ from typing import TypeVar
 import asyncpg
 
 from pytest_pgmig.engine.apply import Applier, ApplyOptions
-from pytest_pgmig.engine.runner import Runner
 from pytest_pgmig.engine.tracking import Tracking
+from pytest_pgmig.isolation.place import Place
 from pytest_pgmig.isolation.reset import TRACKING_TABLE
 from pytest_pgmig.isolation.sets import MigrationSet, Sets
 
@@ -19,23 +19,30 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Workspace:
-    """A connection into an empty schema (or database) made for one check, and how files run
-    there: as the tests' migrations run under the same isolation.
-
-    `schema` is where files run: the throwaway schema, or `public` of a throwaway database
-    (`database` true), whose every schema a snapshot then covers.
+    """A connection into an empty place made for one check (`pytest_pgmig.isolation.place`),
+    where files run as the tests' migrations run under the same isolation: a throwaway
+    schema, or `public` of a throwaway database, whose every schema a snapshot then covers.
     """
 
     conn: asyncpg.Connection
-    schema: str
-    options: ApplyOptions
-    database: bool = False
+    place: Place
     # its own DSN (the schema first on search_path), for a tool that connects itself
     dsn: str = ""
 
+    @property
+    def schema(self) -> str:
+        return self.place.schema
+
+    @property
+    def options(self) -> ApplyOptions:
+        return self.place.options
+
+    @property
+    def database(self) -> bool:
+        return self.place.database
+
     def module_name(self, mset: MigrationSet) -> str:
-        """The set's module_name here, as the tests' schemas (or databases) have it."""
-        return mset.module if self.database else f"{mset.module}_{self.schema}"
+        return self.place.module_name(mset.module)
 
     async def prepare(self, sets: Sets) -> Applier:
         """Migrate the sets before the last, as tests get them (their failures raise, as
@@ -43,15 +50,7 @@ class Workspace:
         snapshot sees it appear)."""
         *before, last = sets
         for mset in before:
-            runner = Runner(
-                self.schema,
-                mset.path,
-                self.module_name(mset),
-                table=TRACKING_TABLE,
-                options=self.options,
-                reading=mset.reading,
-            )
-            await runner.upgrade(self.conn)
+            await self.place.apply(self.conn, mset)
         tracking = Tracking(self.schema, TRACKING_TABLE, self.module_name(last))
         await tracking.ensure(self.conn)
         return Applier(self.schema, last.path, tracking, self.options)
