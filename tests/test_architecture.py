@@ -126,3 +126,10 @@ def test_the_import_check_sees_a_circle_and_an_upward_import() -> None:
     }
     assert circles(graph) == [["pytest_pgmig.engine.a", "pytest_pgmig.plugin.b"]]
     assert _layer("pytest_pgmig.plugin.b") > _layer("pytest_pgmig.engine.a")
+
+
+def test_every_isolation_the_option_accepts_is_a_strategy() -> None:
+    from pytest_pgmig.isolation.choice import STRATEGIES
+    from pytest_pgmig.plugin.settings import ISOLATIONS
+
+    assert set(STRATEGIES) == set(ISOLATIONS)

