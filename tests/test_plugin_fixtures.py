@@ -466,6 +466,37 @@ def test_marker_bad_values_are_rejected(pytester: pytest.Pytester, server_dsn: s
     )
 
 
+def test_module_with_several_folders_fails_alike_in_marker_and_factory(
+    pytester: pytest.Pytester, server_dsn: str
+) -> None:
+    """Which of several folders `module=` names is not guessed, by the marker nor the factory."""
+    make_project(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.pgmig(migrations=["migrations", "more"], module="shop")
+        def test_marked(pgmig_schema):
+            pass
+
+        async def test_factory(pgmig_factory):
+            await pgmig_factory(migrations=["migrations", "more"], module="shop")
+        """,
+    )
+    write_migrations(pytester.path, {"001_x.sql": "CREATE TABLE x (id int);"}, name="more")
+    result = run(pytester, server_dsn, "-p", "no:randomly")
+    # the marker is read while the test is set up, the factory called in its body
+    result.assert_outcomes(errors=1, failed=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*pgmig marker: module='shop' needs exactly one migrations folder, this test has 2;"
+            " name each folder as NAME=PATH in migrations= instead*",
+            "*pgmig_factory: module='shop' needs exactly one migrations folder, this test has 2;"
+            " name each folder as NAME=PATH in migrations= instead*",
+        ]
+    )
+
+
 def test_overriding_pgmig_server_in_a_conftest_takes_effect(
     pytester: pytest.Pytester, server_dsn: str
 ) -> None:

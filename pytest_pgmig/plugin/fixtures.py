@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -26,7 +25,7 @@ import pytest
 
 from pytest_pgmig.errors import MigrationFailed
 from pytest_pgmig.isolation.base import PgmigSchema, Sets, Slot
-from pytest_pgmig.plugin import marker, settings
+from pytest_pgmig.plugin import marker
 from pytest_pgmig.plugin.connections import give_back_asyncpg, kept_of, take_asyncpg
 from pytest_pgmig.plugin.state import (
     KEPT,
@@ -301,11 +300,7 @@ def pgmig_factory(
                 migrations, base, state.checked_folders, state.settings.reading()
             )
         if module is not None:
-            try:
-                lib = settings.module_type(module)
-            except settings.BadValue as exc:
-                raise pytest.fail.Exception(f"pgmig_factory: {exc}", pytrace=False) from None
-            sets = tuple(dataclasses.replace(m, module=lib) for m in sets[:1]) + sets[1:]
+            sets = marker.with_module(sets, module, "pgmig_factory")
         try:
             slot = await asyncio.wrap_future(
                 runtime.submit(isolation.acquire(sets, lane="factory"))

@@ -87,19 +87,29 @@ def _marker_plan(request: pytest.FixtureRequest, opts: settings.Settings) -> tup
             sets = tuple(dataclasses.replace(m, reading=reading) for m in sets)
             _check_folders(sets, state_of(request.config).checked_folders)
         if kwargs.get("module") is not None:
-            module = settings.module_type(str(kwargs["module"]))
-            if len(sets) != 1:
-                pytest.fail(
-                    f"pgmig marker: module={kwargs['module']!r} needs exactly one migrations "
-                    f"folder, this test has {len(sets)}",
-                    pytrace=False,
-                )
-            sets = (dataclasses.replace(sets[0], module=module),)
+            sets = with_module(sets, str(kwargs["module"]), "pgmig marker")
         if kwargs.get("scope") is not None:
             scope = settings.scope_type(str(kwargs["scope"]))
     except settings.BadValue as exc:
         raise pytest.fail.Exception(f"pgmig marker: {exc}", pytrace=False) from None
     return sets, scope
+
+
+def with_module(sets: Sets, module: str, who: str) -> Sets:
+    """The one migrations folder of `sets` named `module` (the marker's and
+    `pgmig_factory`'s ``module=``, as ``--pgmig-module``): with several folders, which one
+    it names is not for us to guess."""
+    try:
+        lib = settings.module_type(module)
+    except settings.BadValue as exc:
+        raise pytest.fail.Exception(f"{who}: {exc}", pytrace=False) from None
+    if len(sets) != 1:
+        raise pytest.fail.Exception(
+            f"{who}: module={module!r} needs exactly one migrations folder, this test has "
+            f"{len(sets)}; name each folder as NAME=PATH in migrations= instead",
+            pytrace=False,
+        )
+    return (dataclasses.replace(sets[0], module=lib),)
 
 
 def parse_migrations(value: Any, base: Path, checked: set[MigrationSet], reading: Reading) -> Sets:
