@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import asyncpg
@@ -21,11 +20,11 @@ PROCESSES = 8
 REPO = Path(__file__).resolve().parent.parent
 
 CHILD = """
-import asyncio, json, sys, time
+import asyncio, json, os, sys, time
 import asyncpg
 from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager, DatabaseConfig
 
-async def main(dsn, schema, folder, mode, start_at):
+async def main(dsn, schema, folder, mode, barrier, count):
     pool = None
     if mode == "pool":
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
@@ -34,7 +33,12 @@ async def main(dsn, schema, folder, mode, start_at):
         db = AsyncDatabaseManager(
             DatabaseConfig(connection_string=dsn, schema=schema, max_connections=2)
         )
-    time.sleep(max(start_at - time.time(), 0))
+    # a barrier: every process ready (its interpreter and pool up) before any connects
+    os.close(os.open(os.path.join(barrier, str(os.getpid())), os.O_CREAT))
+    deadline = time.monotonic() + 60
+    while len(os.listdir(barrier)) < count:
+        assert time.monotonic() < deadline, "not every process got ready"
+        time.sleep(0.005)
     await db.connect()
     try:
         result = await AsyncMigrationManager(
@@ -47,7 +51,7 @@ async def main(dsn, schema, folder, mode, start_at):
     print(json.dumps({"status": result["status"], "error": result.get("error"),
                       "applied": [a["filename"] for a in result["applied"]]}))
 
-asyncio.run(main(*sys.argv[1:5], float(sys.argv[5])))
+asyncio.run(main(*sys.argv[1:6], int(sys.argv[6])))
 """
 
 FILES = {
@@ -69,10 +73,12 @@ async def test_eight_processes_apply_each_file_exactly_once(
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
-    start_at = time.time() + 2.0
+    barrier = tmp_path / "ready"
+    barrier.mkdir()
+    args = [admin_dsn, schema, str(folder), mode, str(barrier), str(PROCESSES)]
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", CHILD, admin_dsn, schema, str(folder), mode, str(start_at)],
+            [sys.executable, "-c", CHILD, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

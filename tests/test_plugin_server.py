@@ -42,6 +42,13 @@ def record(out, pgmig_server, schema, **extra):
     )
     with open(out, "a") as f:
         f.write(json.dumps(data) + "\\n")
+
+def both_workers_recorded(out):
+    # keeps a worker's test running until the other worker has run one: both take part
+    deadline = time.monotonic() + 30
+    while len({{json.loads(line)["worker"] for line in open(out)}}) < 2:
+        assert time.monotonic() < deadline, "the other worker never ran a test"
+        time.sleep(0.02)
 """
 
 
@@ -120,9 +127,8 @@ def test_run_folder_removed_after_sigint(pytester: pytest.Pytester, run_base: Pa
 
 
 XDIST_TESTS = """
-import time
 import pytest
-from recorder import record
+from recorder import both_workers_recorded, record
 
 @pytest.mark.parametrize("n", range(6))
 def test_test_scope(pgmig_server, pgmig_schema, pgmig_dsn, n):
@@ -131,7 +137,7 @@ def test_test_scope(pgmig_server, pgmig_schema, pgmig_dsn, n):
         assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 1
         conn.execute("INSERT INTO users (name) VALUES ('x')")
     record({out!r}, pgmig_server, pgmig_schema, scope="test")
-    time.sleep(0.2)
+    both_workers_recorded({out!r})
 
 @pytest.mark.pgmig(scope="worker")
 @pytest.mark.parametrize("n", range(6))
@@ -139,7 +145,7 @@ async def test_worker_scope(pgmig_server, pgmig_schema, pgmig_conn, n):
     assert await pgmig_conn.fetchval("SELECT count(*) FROM users") == 1
     await pgmig_conn.execute("INSERT INTO users (name) VALUES ('x')")
     record({out!r}, pgmig_server, pgmig_schema, scope="worker")
-    time.sleep(0.2)
+    both_workers_recorded({out!r})
 """
 
 

@@ -490,7 +490,7 @@ def test_1(pgmig_schema):
     pass
 
 
-def test_2(pgmig_server, pgmig_dsn):
+def test_2(pgmig_server, pgmig_schema, pgmig_dsn):
     admin = psycopg.connect(pgmig_server.dsn)
     for _ in range(200):
         rows = admin.execute(
@@ -501,14 +501,20 @@ def test_2(pgmig_server, pgmig_dsn):
             break
         time.sleep(0.05)
     admin.execute(f'LOCK TABLE "{rows[0][0]}".t IN ACCESS EXCLUSIVE MODE')
-    HOLDER.append(admin)
+    HOLDER.append((admin, pgmig_schema.name))
     with psycopg.connect(pgmig_dsn, autocommit=True) as conn:
         conn.execute("UPDATE t SET n = 2")
 
 
-def test_3(pgmig_dsn):
-    time.sleep(3)
-    HOLDER.pop().close()
+def test_3(pgmig_server, pgmig_dsn):
+    # the lock is held until test_2's schema, whose reset it blocks, has been replaced
+    admin, name = HOLDER.pop()
+    with psycopg.connect(pgmig_server.dsn, autocommit=True) as probe:
+        deadline = time.monotonic() + 30
+        while probe.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name,)).fetchone():
+            assert time.monotonic() < deadline, "the blocked reset never gave up"
+            time.sleep(0.05)
+    admin.close()
 
 
 def test_4(pgmig_dsn):

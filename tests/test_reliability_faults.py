@@ -439,9 +439,16 @@ def alive(pid):
 def test_before(pgmig_schema):
     pass
 
-def test_kills_the_server(pgmig_server, pgmig_schema):
+def test_kills_the_server(request, pgmig_server, pgmig_schema):
     kill_server(int(os.environ["KILL_PID"]) or {postmaster})
-    time.sleep(1)  # the plugin's connection notices before teardown (see the bugs file)
+    # teardown comes once the plugin's own connection has seen the server go
+    from pytest_pgmig.plugin.state import state_of
+    isolation = state_of(request.config).isolation
+    control = getattr(isolation, "schemas", isolation)._conn
+    deadline = time.monotonic() + 30
+    while not control.is_closed():
+        assert time.monotonic() < deadline, "the plugin's connection never saw the server go"
+        time.sleep(0.01)
 
 @pytest.mark.parametrize("n", range(5))
 def test_after(pgmig_schema, n):

@@ -152,7 +152,15 @@ def password_role(local: ServerHandle) -> Iterator[str]:
     original = hba.read_text()
     hba.write_text(f"local all {role} scram-sha-256\n" + original)
     run_sql(admin, "SELECT pg_reload_conf()")
-    time.sleep(0.2)
+    # the postmaster reloads when it gets to the signal: wait until a wrong password fails
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            probe.probe(socket_url(local, role, "postgres", "not-it"), timeout=5)
+        except ServerError:
+            break
+        assert time.monotonic() < deadline, "pg_hba.conf was never reloaded"
+        time.sleep(0.02)
     try:
         yield role
     finally:
