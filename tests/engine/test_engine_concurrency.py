@@ -17,7 +17,7 @@ from engine_support import admin_dsn, schema, write  # noqa: F401
 pytestmark = pytest.mark.asyncio
 
 PROCESSES = 8
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import asyncio, json, os, sys, time

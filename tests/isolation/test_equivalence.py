@@ -19,7 +19,7 @@ from pytest_pgmig.isolation.base import Context, MigrationSet
 from pytest_pgmig.isolation.schemas import SchemaIsolation
 from pytest_pgmig.servers.info import ServerInfo
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from migration_sets import migration_files
 from plugin_support import drop_database
 from reliability_support import tool

@@ -22,7 +22,7 @@ from reliability_support import objects, pgmig_schemas, registered, text_of, usa
 from pytest_pgmig.servers import runfolders
 
 pytestmark = pytest.mark.usefixtures("clean_env")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 ONE_TEST = """
 import pytest

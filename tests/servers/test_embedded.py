@@ -162,7 +162,7 @@ def start_and_vanish(base: Path) -> tuple[Path, int]:
         text=True,
         check=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     run_dir, pid = result.stdout.split()
     return Path(run_dir), int(pid)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 NASTY = "p@ss/w%rd:x?y"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -280,7 +280,7 @@ def test_sqitch_is_found_through_the_top_dir_of_its_conf(tmp_path: Path) -> None
 def test_the_docs_format_examples_read_as_they_say(tmp_path: Path) -> None:
     import re
 
-    page = Path(__file__).resolve().parent.parent / "docs" / "formats.md"
+    page = Path(__file__).resolve().parents[2] / "docs" / "formats.md"
     readme = page.read_text(encoding="utf-8")
     found = re.findall(r"```sql\n-- (\w+): (\S+)\n(.*?)```", readme, re.DOTALL)
     examples = {tool: (name, text) for tool, name, text in found}

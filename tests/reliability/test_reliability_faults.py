@@ -379,7 +379,7 @@ async def test_isolated(pgmig_conn, pgmig_schema, n):
 
 
 def test_two_independent_runs_at_once(pytester: pytest.Pytester, dsn: str) -> None:
-    """8 concurrent migrators on one schema: tests/test_engine_concurrency.py."""
+    """8 concurrent migrators on one schema: tests/engine/test_engine_concurrency.py."""
     folders = [pytester.mkdir("one"), pytester.mkdir("two")]
     for folder in folders:
         (folder / "test_project.py").write_text(ISOLATED)
