@@ -159,3 +159,8 @@ class MigrationFailed(PgmigError):
         self.brief = brief
         self.transient = transient
         self.outside = outside
+
+    def again(self) -> MigrationFailed:
+        """The failure as later tests hear it: the brief text alone (the first test that
+        met it showed the whole)."""
+        return MigrationFailed(self.brief, self.brief)

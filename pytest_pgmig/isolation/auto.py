@@ -49,7 +49,7 @@ class AutoIsolation:
                 self._note(sets, exc.outside)
                 await self._start_databases(exc)
         if self._refused is not None:
-            raise MigrationFailed(self._refused.brief, self._refused.brief)
+            raise self._refused.again()
         return await self.databases.acquire(sets, spare=spare, lane=lane)
 
     async def check(self, sets: Sets, procedure: Procedure[T]) -> T:
@@ -70,7 +70,7 @@ class AutoIsolation:
                 self._note(sets, cause.outside)
                 await self._start_databases(cause)
         if self._refused is not None:
-            raise MigrationFailed(self._refused.brief, self._refused.brief)
+            raise self._refused.again()
         return await self.databases.check(sets, procedure)
 
     async def _start_databases(self, cause: MigrationFailed | None) -> None:

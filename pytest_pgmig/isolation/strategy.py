@@ -53,7 +53,7 @@ class SetPool:
         if self.failure is not None:
             failure, first = self.failure, not self.reported
             self.reported = True
-            raise failure if first else MigrationFailed(failure.brief, failure.brief)
+            raise failure if first else failure.again()
         return slot
 
 

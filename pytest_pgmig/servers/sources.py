@@ -1,4 +1,5 @@
-"""The run's PostgreSQL server: pick its source, start it, probe it, share it between processes."""
+"""The run's PostgreSQL server: pick its source, start it, probe it (`shared` shares it
+between processes)."""
 
 from __future__ import annotations
 
@@ -191,6 +192,3 @@ def start_server(
             raise ServerError(str(exc)) from None
         return start_local(bindir=bindir, max_connections=max_connections, source="wheel")
     return start_docker(max_connections=max_connections)
-
-
-# --- one server shared by several processes -------------------------------------------------
