@@ -6,7 +6,9 @@ Uses the server of PGMIG_DSN, else starts a throwaway local one (pytest_pgmig.se
 Prints, side by side and as medians of the repeats:
   - applying N generated migrations to a fresh schema: our engine vs `psql -f` of the same
     SQL concatenated (each in a fresh schema, search_path set the same way);
-  - apply_pending_migrations() on an up-to-date schema.
+  - apply_pending_migrations() on an up-to-date schema, through a pool of the caller's and
+    through pgdbm's documented form (`DatabaseConfig(connection_string=..., schema=...)`),
+    interleaved call by call.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager
+from pytest_pgmig import AsyncDatabaseManager, AsyncMigrationManager, DatabaseConfig
 from pytest_pgmig.servers.dsn import redact, with_search_path
 from pytest_pgmig.servers.sources import start_server
 
@@ -57,6 +59,57 @@ async def fresh_schema(pool: asyncpg.Pool) -> str:
     return name
 
 
+async def up_to_date_checks(
+    dsn: str, pool: asyncpg.Pool, folder: Path, schema: str, checks: int
+) -> dict[str, float]:
+    """Median ms of `apply_pending_migrations()` on `schema`, migrated from `folder` already,
+    through a pool of the caller's (``pool``) and through pgdbm's documented form
+    (``config``: `DatabaseConfig(connection_string=..., schema=...)`), a new manager each
+    call, the two forms interleaved call by call."""
+    config = AsyncDatabaseManager(DatabaseConfig(connection_string=dsn, schema=schema))
+    forms = {"pool": AsyncDatabaseManager(pool=pool, schema=schema), "config": config}
+    await config.connect()
+    times: dict[str, list[float]] = {form: [] for form in forms}
+    try:
+        for _ in range(checks):
+            for form, db in forms.items():
+                manager = AsyncMigrationManager(db, str(folder), module_name="bench")
+                started = time.perf_counter()
+                result = await manager.apply_pending_migrations()
+                times[form].append((time.perf_counter() - started) * 1000)
+                assert result["status"] == "up_to_date", result
+    finally:
+        await config.disconnect()
+    return {form: statistics.median(values) for form, values in times.items()}
+
+
+def write_folder(folder: Path, files: int) -> None:
+    """`files` generated migrations, older than the loader's "racy" window, as in a real
+    project."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(1, files + 1):
+        (folder / f"{n:04d}_item_{n}.sql").write_text(migration(n))
+    past = time.time() - 60
+    for path in folder.iterdir():
+        os.utime(path, (past, past))
+
+
+async def documented_form(dsn: str, *, files: int = 200, checks: int = 300) -> dict[str, float]:
+    """`up_to_date_checks` on a fresh schema migrated with `files` generated migrations."""
+    folder = Path(tempfile.mkdtemp(prefix="pgmig-bench-"))
+    write_folder(folder, files)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    schema = await fresh_schema(pool)
+    try:
+        db = AsyncDatabaseManager(pool=pool, schema=schema)
+        await AsyncMigrationManager(db, str(folder), module_name="bench").apply_pending_migrations()
+        return await up_to_date_checks(dsn, pool, folder, schema, checks)
+    finally:
+        await pool.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await pool.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=200)
@@ -68,12 +121,7 @@ async def main() -> None:
     dsn = handle.info.dsn
     psql = find_psql()
     folder = Path(tempfile.mkdtemp(prefix="pgmig-bench-"))
-    for n in range(1, args.files + 1):
-        (folder / f"{n:04d}_item_{n}.sql").write_text(migration(n))
-    # Files older than the loader's "racy" window, as in a real project.
-    past = time.time() - 60
-    for path in folder.iterdir():
-        os.utime(path, (past, past))
+    write_folder(folder, args.files)
     combined = folder.parent / f"{folder.name}.sql"
     combined.write_text("".join(migration(n) for n in range(1, args.files + 1)))
 
@@ -106,15 +154,7 @@ async def main() -> None:
             ours_ms.append((time.perf_counter() - started) * 1000)
             assert result["status"] == "success" and len(result["applied"]) == args.files
 
-        migrations = AsyncMigrationManager(
-            AsyncDatabaseManager(pool=pool, schema=schemas[-1]), str(folder), module_name="bench"
-        )
-        checks: list[float] = []
-        for _ in range(args.checks):
-            started = time.perf_counter()
-            result = await migrations.apply_pending_migrations()
-            checks.append((time.perf_counter() - started) * 1000)
-            assert result["status"] == "up_to_date"
+        check = await up_to_date_checks(dsn, pool, folder, schemas[-1], args.checks)
     finally:
         for schema in schemas:
             await pool.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -124,7 +164,6 @@ async def main() -> None:
         handle.stop()
 
     ours, theirs = statistics.median(ours_ms), statistics.median(psql_ms)
-    check = statistics.median(checks)
     version = ".".join(map(str, handle.info.version))
     print(f"server: PostgreSQL {version} ({handle.info.source}) {redact(dsn)}")
     print(f"{args.files} migrations x 3 statements, median of {args.repeats} runs:")
@@ -132,8 +171,10 @@ async def main() -> None:
     print(f"  {'psql -f (concatenated SQL)':<44} {theirs:>10.1f}")
     ratio = f"{ours / theirs:.2f}x"
     print(f"  {'pytest-pgmig apply_pending_migrations()':<44} {ours:>10.1f}  {ratio:>5} <=1.5x")
-    label = f"up-to-date apply_pending_migrations() (n={args.checks})"
-    print(f"  {label:<44} {check:>10.2f}  {'<5 ms':>10}")
+    label = f"up-to-date, pool=... (n={args.checks})"
+    print(f"  {label:<44} {check['pool']:>10.2f}  {'<5 ms':>10}")
+    label = f"up-to-date, DatabaseConfig(...) (n={args.checks})"
+    print(f"  {label:<44} {check['config']:>10.2f}  {'<2 ms':>10}")
 
 
 if __name__ == "__main__":

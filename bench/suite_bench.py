@@ -28,14 +28,21 @@ cores are busy during a run, so wall time follows the CPU time spent.
 
     python bench/suite_bench.py                 # default set, M=11 T=10, N=200
     python bench/suite_bench.py --large         # also M=51 T=50
+    python bench/suite_bench.py --history       # also a long history, M=350 T=100
     python bench/suite_bench.py --baseline /tmp/old --only "a. floor" --only "b. pgmig test"
         # each pytest-pgmig row again, importing pytest_pgmig from another checkout
         # (e.g. `git worktree add /tmp/old <commit>`), to show a change's cost side by side
+
+The last table sets each target of the performance issue next to what the run measured:
+the rollback and psycopg rows against the floor, the no-DDL-log resets against the
+connection-per-test floor, a larger set's per-test cost against the default set's, and
+pgdbm's documented form's up-to-date check (`engine_bench.documented_form`).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import resource
 import statistics
@@ -45,6 +52,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import engine_bench
 import psycopg
 from migration_sets import long_history, migration_files
 
@@ -360,8 +368,16 @@ TARGETS = (
 )
 
 
-def targets(res: dict[str, tuple[float, ...]], n: int) -> str:
-    """Each target next to what this run measured (whole runs: fixed costs count)."""
+def targets(
+    res: dict[str, tuple[float, ...]],
+    n: int,
+    *,
+    larger: dict[str, dict[str, tuple[float, ...]]] | None = None,
+    documented: dict[str, float] | None = None,
+) -> str:
+    """Each target next to what this run measured (whole runs: fixed costs count): the rows'
+    own, a larger set's per-test cost over the default set's (`larger`, by set name), and
+    pgdbm's documented form's up-to-date check (`documented`, `engine_bench`)."""
     lines = ["\ntargets (whole runs, medians)"]
     floor, connect = res.get("a. floor"), res.get("a2. floor, conn per test")
     for label, what, limit in TARGETS:
@@ -375,6 +391,27 @@ def targets(res: dict[str, tuple[float, ...]], n: int) -> str:
             continue
         met = "met" if value <= limit else "NOT met"
         lines.append(f"{label:48} {value:6.2f} {what:10} target <= {limit}: {met}")
+    test, worker = res.get("b'. pgmig test, no DDL log"), res.get("c'. pgmig worker, no DDL log")
+    if test and worker:
+        met = "met" if worker[0] < test[0] else "NOT met"
+        lines.append(
+            f"{'no DDL log: worker scope faster than test scope':48} "
+            f"{worker[0]:6.2f} s vs {test[0]:.2f} s    {met}"
+        )
+    for name, other in (larger or {}).items():
+        for label in other:
+            if label == "a. floor" or label not in res or "a. floor" not in other:
+                continue
+            over = (other[label][0] - other["a. floor"][0]) / (res[label][0] - res["a. floor"][0])
+            met = "met" if over <= 1.3 else "NOT met"
+            lines.append(f"{f'{name} set, {label}':48} {over:6.2f} x default  target <= 1.3: {met}")
+    if documented is not None:
+        value = documented["config"]
+        met = "met" if value < 2 else "NOT met"
+        lines.append(
+            f"{'pgdbm DatabaseConfig form, up-to-date check':48} {value:6.2f} ms "
+            f"(pool form {documented['pool']:.2f} ms)  target < 2: {met}"
+        )
     return "\n".join(lines)
 
 
@@ -425,16 +462,22 @@ def main() -> None:
 
             res = run_set("default", 11, 10, contenders=args.only, baseline=args.baseline)
             print(table("\ndefault set: M=11 files, T=10 tables", res, args.tests))
-            print(targets(res, args.tests))
             extra = []
             if args.large:
                 rows = ["a. floor", "b. pgmig test", "c. pgmig worker"]
                 extra.append(("large set: M=51 files, T=50 tables", "large", 51, 50, rows, False))
             if args.history:
-                rows = ["a. floor", "b. pgmig test", "f. pgmig test, embedded server"]
+                rows = [
+                    "a. floor",
+                    "b. pgmig test",
+                    "b'. pgmig test, no DDL log",
+                    "i. pgmig test, pgmig_psycopg_tx, no DDL log",
+                    "f. pgmig test, embedded server",
+                ]
                 extra.append(("long history: M=350, T=100", "history", 350, 100, rows, True))
+            larger = {}
             for title, name, files, tables, rows, history in extra:
-                other = run_set(
+                larger[name] = run_set(
                     name,
                     files,
                     tables,
@@ -442,13 +485,9 @@ def main() -> None:
                     history=history,
                     baseline=args.baseline,
                 )
-                print(table(f"\n{title}", other, args.tests))
-                for label in rows[1:]:
-                    if label in other and label in res and "a. floor" in res:
-                        over = (other[label][0] - other["a. floor"][0]) / (
-                            res[label][0] - res["a. floor"][0]
-                        )
-                        print(f"{name}/default per-test overhead, {label}: {over:.2f}x")
+                print(table(f"\n{title}", larger[name], args.tests))
+            documented = asyncio.run(engine_bench.documented_form(info.dsn))
+            print(targets(res, args.tests, larger=larger, documented=documented))
     finally:
         handle.stop()
 

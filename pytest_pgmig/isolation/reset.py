@@ -259,15 +259,14 @@ def _table_sql(
     )
 
 
-def _sequences_sql(schema: str, template: Template | None, verb: str = "PERFORM") -> list[str]:
-    """Set each sequence back to the template's state, where it moved (`verb` ``SELECT``:
-    statements of their own, not a function's)."""
+def _sequences_sql(schema: str, template: Template | None) -> list[str]:
+    """Set each sequence back to the template's state, where it moved (in a function)."""
     statements = []
     for seq in template.sequences if template is not None else ():
         ref = f"{lit(q(schema) + '.' + q(seq.name))}::regclass"
         expected = str(seq.value) if seq.called else "NULL"
         statements.append(
-            f"{verb} setval({ref}, {seq.value}, {str(seq.called).lower()}) "
+            f"PERFORM setval({ref}, {seq.value}, {str(seq.called).lower()}) "
             f"WHERE pg_sequence_last_value({ref}) IS DISTINCT FROM {expected};"
         )
     return statements
@@ -275,6 +274,18 @@ def _sequences_sql(schema: str, template: Template | None, verb: str = "PERFORM"
 
 def sequences_sql(schema: str, template: Template | None) -> str:
     """What a rolled-back test leaves to undo (nextval does not roll back): each sequence
-    set back to the template's state where it moved, run after the ROLLBACK; "" for a set
-    without sequences."""
-    return "\n".join(_sequences_sql(schema, template, "SELECT"))
+    set back to the template's state where it moved, run after the ROLLBACK, as one
+    statement with one result however many sequences the set has; "" for a set without."""
+    sequences = template.sequences if template is not None else ()
+    if not sequences:
+        return ""
+    rows = ", ".join(
+        f"({lit(q(schema) + '.' + q(seq.name))}::regclass, {seq.value}::bigint, "
+        f"{str(seq.called).lower()})"
+        for seq in sequences
+    )
+    return (
+        f"SELECT count(setval(s.seq, s.value, s.called)) FROM (VALUES {rows}) "
+        "AS s(seq, value, called) "
+        "WHERE pg_sequence_last_value(s.seq) IS DISTINCT FROM CASE WHEN s.called THEN s.value END;"
+    )
