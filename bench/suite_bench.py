@@ -439,7 +439,8 @@ def main() -> None:
         info = handle.info
         with psycopg.connect(info.dsn) as conn:
             backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
-        POSTMASTER[0] = int(_stat(backend)[1])
+            # the backend's parent, read while the backend is there
+            POSTMASTER[0] = int(_stat(backend)[1])
         print(
             f"cores: {os.cpu_count()}; server: PostgreSQL "
             f"{'.'.join(map(str, info.version))}, embedded; "

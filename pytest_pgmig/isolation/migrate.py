@@ -24,7 +24,7 @@ from pytest_pgmig.isolation.sets import MigrationSet, Sets
 # the plugin installs a set's extensions itself, once per database
 _SKIP = (("CREATE", "EXTENSION"),)
 # and a migration check's down files may not drop them from under the tests
-CHECK_SKIP = (*_SKIP, ("DROP", "EXTENSION"))
+_CHECK_SKIP = (*_SKIP, ("DROP", "EXTENSION"))
 
 # a template database's files run as written (no search_path of ours after public, CREATE
 # EXTENSION kept), but none may change the roles, databases or settings the server shares
@@ -39,12 +39,12 @@ def in_schema(name: str, search_path: tuple[str, ...] = (), *, check: bool = Fal
     file is checked for writes outside the schema."""
     if not check:
         return Place(name, ApplyOptions(search_path=search_path, skip=_SKIP))
-    return Place(name, ApplyOptions(search_path=search_path, skip=CHECK_SKIP, check=Guard(name)))
+    return Place(name, ApplyOptions(search_path=search_path, skip=_CHECK_SKIP, check=Guard(name)))
 
 
 @dataclass
 class SetMigrator:
-    """Migrates sets into schemas for one process, remembering what it checked and installed.
+    """Migrates sets into places for one process, remembering what it checked and installed.
 
     The first time a set is migrated, each file is checked for writes outside the schema
     (`pytest_pgmig.isolation.guard`); later schemas of the set are migrated unchecked: the
@@ -69,7 +69,7 @@ class SetMigrator:
         for mset in sets:
             try:
                 if place.database:
-                    applied += await self._into_database(conn, mset, dsn)
+                    applied += await self._into_database(conn, place, mset, dsn)
                 elif mset.reading.alembic:
                     applied += await self._alembic(conn, place.schema, mset, dsn)
                 else:
@@ -94,7 +94,9 @@ class SetMigrator:
         )
         return await dataclasses.replace(place, options=options).apply(conn, mset)
 
-    async def _into_database(self, conn: asyncpg.Connection, mset: MigrationSet, dsn: str) -> int:
+    async def _into_database(
+        self, conn: asyncpg.Connection, place: Place, mset: MigrationSet, dsn: str
+    ) -> int:
         """A set into a template database, as production would have it; a set without a
         module is a schema a suite's fixture makes for its manager."""
         if mset.reading.alembic:
@@ -104,7 +106,7 @@ class SetMigrator:
                 f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(mset.schema or PUBLIC)}"
             )
             return 0
-        return await IN_DATABASE.apply(conn, mset)
+        return await place.apply(conn, mset)
 
     async def _alembic_database(
         self, conn: asyncpg.Connection, mset: MigrationSet, dsn: str

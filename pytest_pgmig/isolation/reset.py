@@ -273,9 +273,15 @@ def _sequences_sql(schema: str, template: Template | None) -> list[str]:
 
 
 def sequences_sql(schema: str, template: Template | None) -> str:
-    """What a rolled-back test leaves to undo (nextval does not roll back): each sequence
-    set back to the template's state where it moved, run after the ROLLBACK, as one
-    statement with one result however many sequences the set has; "" for a set without."""
+    """What a rolled-back test leaves to undo (nextval does not roll back): each sequence it
+    moved set back to the template's state, in one statement with one result; "" for a set
+    without sequences.
+
+    It runs in the test's transaction, after ``ROLLBACK TO SAVEPOINT``: nextval and setval
+    lock a sequence until the transaction ends, so the sequences the transaction holds a
+    lock on are those it may have moved, and only they are read (a set with a hundred
+    sequences costs what the test touched). setval itself does not roll back.
+    """
     sequences = template.sequences if template is not None else ()
     if not sequences:
         return ""
@@ -283,6 +289,13 @@ def sequences_sql(schema: str, template: Template | None) -> str:
         f"({lit(q(schema) + '.' + q(seq.name))}::regclass, {seq.value}::bigint, "
         f"{str(seq.called).lower()})"
         for seq in sequences
+    )
+    return (
+        f"SELECT count(setval(s.seq, s.value, s.called)) FROM (VALUES {rows}) "
+        "AS s(seq, value, called) WHERE CASE WHEN s.seq::oid IN (SELECT relation FROM pg_locks "
+        "WHERE pid = pg_backend_pid() AND locktype = 'relation') "
+        "THEN pg_sequence_last_value(s.seq) IS DISTINCT FROM CASE WHEN s.called THEN s.value END "
+        "END;"
     )
     return (
         f"SELECT count(setval(s.seq, s.value, s.called)) FROM (VALUES {rows}) "

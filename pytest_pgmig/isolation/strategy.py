@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -59,7 +58,9 @@ class SetPool:
 
 class ControlSession:
     """What every strategy has: its context, counts and warnings, the lease it holds in the
-    registry, the names it made, and the one connection it creates and drops on."""
+    registry, the names it made, its pools of slots, and the control connection it creates
+    and drops on. A strategy adds how it migrates (`acquire`), resets (`_reset`), prepares a
+    spare (`_spare`) and drops (`_drop_mine`)."""
 
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -124,7 +125,7 @@ class ControlSession:
         conn = self._conn
         if conn is None:
             return
-        await self.settle(self._pools.values(), timeout=LOCK_TIMEOUT_MS / 1000)
+        await self._settle()
         await self._end_sessions()
         try:
             try:
@@ -225,10 +226,10 @@ class ControlSession:
                 "registry: the last run on this database removed " + ", ".join(removed)
             )
 
-    async def settle(self, pools: Iterable[SetPool], *, timeout: float) -> None:
+    async def _settle(self) -> None:
         """Before dropping: let background work finish, and whatever was interrupted on the
         control connection unwind (taking `op` for good)."""
-        pending = [task for pool in pools for task in pool.pending]
+        pending = [task for pool in self._pools.values() for task in pool.pending]
         await asyncio.gather(*pending, return_exceptions=True)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.op.acquire(), timeout=timeout)
+            await asyncio.wait_for(self.op.acquire(), timeout=LOCK_TIMEOUT_MS / 1000)

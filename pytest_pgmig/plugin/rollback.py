@@ -33,7 +33,7 @@ from pytest_pgmig.runtime import close_or_terminate
 # the test did was committed (a COMMIT ends the transaction and every savepoint with it), and
 # rolling back to it works even in a transaction an error aborted.
 _BEGIN = "BEGIN; SAVEPOINT pgmig_test"
-_ROLLBACK = "ROLLBACK TO SAVEPOINT pgmig_test; ROLLBACK; "
+_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT pgmig_test; "
 # what outlives a rollback: session advisory locks, and SQL PREPAREd statements (rare: only
 # then a second round trip drops them, not psycopg's or asyncpg's own)
 _AFTER = (
@@ -101,7 +101,8 @@ def _end_psycopg(conn: Any, undo: str | None, *, keep_work: bool) -> bool:
             return False
         if idle:
             raise psycopg.errors.InvalidSavepointSpecification("the transaction ended")
-        cursor = conn.execute(_ROLLBACK + (undo or "") + _AFTER)
+        # the sequences are set back inside the transaction: it knows which it moved
+        cursor = conn.execute(_TO_SAVEPOINT + (undo or "") + "ROLLBACK; " + _AFTER)
         while cursor.nextset():  # to the last statement's result: _AFTER's
             pass
         prepared = cursor.fetchone()[1]
@@ -192,7 +193,8 @@ def pgmig_tx(request: pytest.FixtureRequest, _pgmig_place: PgmigSchema) -> Itera
                 await outer.commit()  # --pgmig-keep: what it wrote stays, for inspection
             else:
                 try:
-                    await conn.execute("ROLLBACK TO SAVEPOINT pgmig_test")
+                    # the sequences are set back inside the transaction: it knows which
+                    await conn.execute(_TO_SAVEPOINT + (undo or ""))
                     clean = undo is not None
                 except (
                     asyncpg.InvalidSavepointSpecificationError,
@@ -200,8 +202,6 @@ def pgmig_tx(request: pytest.FixtureRequest, _pgmig_place: PgmigSchema) -> Itera
                 ):
                     pass  # the transaction ended in the test (a COMMIT): the schema is reset
                 await outer.rollback()
-                if clean and undo:
-                    await conn.execute(undo)
             if (await conn.fetchrow(_AFTER))[1]:
                 await conn.execute(DEALLOCATE_SQL)
         except Exception:

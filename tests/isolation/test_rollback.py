@@ -32,6 +32,10 @@ def test_1_psycopg_leaves_everything(pgmig_psycopg_tx, i):
         conn.execute("SELECT * FROM missing")
     conn.rollback()  # back to the last commit(): the error is gone, the writes stay
     assert conn.execute("SELECT count(*) FROM users").fetchone() == (3,)
+    # a sequence moved in a block that was rolled back stays moved: set back all the same
+    with pytest.raises(ZeroDivisionError), conn.transaction():
+        conn.execute("SELECT nextval('users_id_seq')")
+        1 / 0
     conn.execute("SET statement_timeout = '1234ms'")
     conn.execute("CREATE TEMP TABLE scratch (x int)")
     conn.execute("CREATE TABLE made_here (x int)")
@@ -49,6 +53,10 @@ async def test_1_asyncpg_leaves_everything(pgmig_tx, i):
     await conn.execute("CREATE TABLE made_here (x int)")
     await conn.execute("SELECT pg_advisory_lock(4243)")
     assert await conn.fetchval("SELECT count(*) FROM users") == 2
+    with pytest.raises(ZeroDivisionError):
+        async with conn.transaction():
+            await conn.fetchval("SELECT setval('users_id_seq', 100)")
+            1 / 0
 
 
 @pytest.mark.asyncio(loop_scope="module")
