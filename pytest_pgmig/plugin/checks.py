@@ -11,7 +11,7 @@ import pytest
 
 from pytest_pgmig.engine import lockfile
 from pytest_pgmig.engine.formats import load_migrations
-from pytest_pgmig.errors import CheckFailed, MigrationError
+from pytest_pgmig.errors import CheckFailed, MigrationError, MigrationFailed
 from pytest_pgmig.isolation.base import MigrationSet, Sets
 from pytest_pgmig.plugin import settings
 from pytest_pgmig.plugin.state import state_of
@@ -164,6 +164,9 @@ class MigrationCheck(pytest.Item):
             )
             outcome = f"failed: migration {exc.migration_file or self.mset.path} failed"
             raise CheckFailed(f"migration {where} failed (its tests fail too):\n{exc}") from None
+        except MigrationFailed as exc:  # the set could not be prepared (its extensions)
+            outcome = "failed: its migrations failed"
+            raise CheckFailed(exc.full) from None
         finally:
             seconds = time.perf_counter() - started
             state.stats.checks.append(f"{self.name}: {outcome} ({seconds:.2f} s)")

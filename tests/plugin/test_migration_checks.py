@@ -390,3 +390,19 @@ def test_switch_values(raw: str, value: bool) -> None:
     assert switch_type(raw) is value
     with pytest.raises(BadValue, match="invalid value 'maybe': use on or off"):
         switch_type("maybe")
+
+
+def test_a_set_whose_extension_cannot_be_installed_fails_its_check_with_the_reason(
+    pytester: pytest.Pytester, server_dsn: str
+) -> None:
+    files = {
+        **REVERSIBLE,
+        "000_ext.up.sql": "CREATE EXTENSION IF NOT EXISTS no_such_extension_here;\n",
+        "000_ext.down.sql": "DROP EXTENSION no_such_extension_here;\n",
+    }
+    result = run(pytester, server_dsn, files)
+    result.assert_outcomes(failed=2)
+    text = result.stdout.str()
+    assert "no_such_extension_here" in text
+    # the check's failure is its message, not a traceback through the plugin
+    assert "Traceback" not in text and "pytest_pgmig/" not in text, text
