@@ -76,9 +76,16 @@ def pgmig_psycopg_tx(request: pytest.FixtureRequest, _pgmig_place: PgmigSchema) 
     kept = kept_of(request.config).psycopg
     key = _pgmig_place.dsn + "#tx"
     conn = kept.pop(key, None)
-    if conn is None or conn.closed or conn.broken:
+    try:
+        if conn is None or conn.closed or conn.broken:
+            raise psycopg.OperationalError("no kept connection")
+        conn.execute(_BEGIN)
+    except psycopg.OperationalError:
+        # a kept connection a reset ended meanwhile (it ends idle sessions past a few)
+        if conn is not None:
+            conn.close()
         conn = _savepoint_connection(psycopg).connect(_pgmig_place.dsn, autocommit=True)
-    conn.execute(_BEGIN)
+        conn.execute(_BEGIN)
     yield conn
     clean = _end_psycopg(conn, _undo(request), keep_work=KEPT in request.node.stash)
     _done(request, clean)

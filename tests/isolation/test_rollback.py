@@ -171,3 +171,43 @@ def test_a_failure_inside_the_transaction_is_the_tests_failure(
     out = text_of(result)
     assert "DivisionByZero" in out and "UniqueViolationError" in out
     assert not re.search(r"ERROR at teardown", out)
+
+
+ENDED_TESTS = """
+import time
+
+import psycopg
+
+PIDS = []
+
+
+def test_1_keeps_a_connection(pgmig_psycopg_tx):
+    PIDS.append(pgmig_psycopg_tx.info.backend_pid)
+
+
+def test_2_its_session_is_ended(pgmig_server):
+    # as a reset ends idle sessions on a schema past a few
+    with psycopg.connect(pgmig_server.dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (PIDS[0],))
+        deadline = time.monotonic() + 10
+        gone = "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = %s"
+        while not admin.execute(gone, (PIDS[0],)).fetchone()[0]:
+            assert time.monotonic() < deadline, "the session was not ended"
+            time.sleep(0.02)
+
+
+def test_3_gets_a_new_connection(pgmig_psycopg_tx):
+    assert pgmig_psycopg_tx.info.backend_pid != PIDS[0]
+    assert pgmig_psycopg_tx.execute("SELECT count(*) FROM users").fetchone() == (1,)
+"""
+
+
+def test_a_kept_connection_ended_meanwhile_is_replaced(
+    pytester: pytest.Pytester, run_base: str
+) -> None:
+    make_project(pytester, ENDED_TESTS)
+    result = pytester.runpytest_subprocess(
+        "--pgmig-migrations=migrations", "-p", "no:randomly", "--pgmig-scope=worker"
+    )
+    assert result.ret == 0, text_of(result)
+    result.assert_outcomes(passed=3)
