@@ -135,15 +135,21 @@ def test_5_clean(pgmig_psycopg_tx):
 """
 
 
-def test_what_escapes_the_transaction_gets_a_reset(
-    pytester: pytest.Pytester, run_base: str
-) -> None:
-    make_project(pytester, FALLBACK_TESTS)
+def run_in_order(pytester: pytest.Pytester, tests: str, passed: int) -> pytest.RunResult:
+    """`tests` run in their order in worker scope (one schema), each expected to pass."""
+    make_project(pytester, tests)
     result = pytester.runpytest_subprocess(
         "--pgmig-migrations=migrations", "-p", "no:randomly", "--pgmig-scope=worker"
     )
     assert result.ret == 0, text_of(result)
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=passed)
+    return result
+
+
+def test_what_escapes_the_transaction_gets_a_reset(
+    pytester: pytest.Pytester, run_base: str
+) -> None:
+    result = run_in_order(pytester, FALLBACK_TESTS, passed=5)
     # three resets (the raw COMMITs, the DSN); an aborted transaction rolls back as well
     result.stdout.fnmatch_lines(["schemas: * 3 resets for reuse, 2 rolled back (no reset)"])
 
@@ -205,9 +211,4 @@ def test_3_gets_a_new_connection(pgmig_psycopg_tx):
 def test_a_kept_connection_ended_meanwhile_is_replaced(
     pytester: pytest.Pytester, run_base: str
 ) -> None:
-    make_project(pytester, ENDED_TESTS)
-    result = pytester.runpytest_subprocess(
-        "--pgmig-migrations=migrations", "-p", "no:randomly", "--pgmig-scope=worker"
-    )
-    assert result.ret == 0, text_of(result)
-    result.assert_outcomes(passed=3)
+    run_in_order(pytester, ENDED_TESTS, passed=3)
